@@ -1,0 +1,367 @@
+//! One function per command; each prints what it did.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use almanac_jobs::compute::{plan_window, sample};
+use almanac_jobs::engine::{Engine, EngineConfig};
+use almanac_jobs::init::{InitOptions, infer_spec};
+use almanac_jobs::sample_data::{SampleDataOptions, generate};
+use almanac_jobs::source::TimeRange;
+use almanac_jobs::spec::{
+    LoadedSpec, Offset, SPEC_FILE_NAMES, SourceKind, SourceSpec, TimestampColumn, Transformation,
+    write_atomic,
+};
+use almanac_jobs::time::{format_instant, parse_instant};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+
+use crate::{
+    Cli, CliError, Command, EngineArgs, InitArgs, SampleArgs, SampleDataArgs, SourceKindArg,
+    SpecCommand,
+};
+
+/// Rows printed by `spec sample` when no --limit is given.
+const DEFAULT_PRINT_LIMIT: usize = 20;
+
+pub(crate) async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    match cli.command {
+        Command::Quickstart { dir, transactions } => {
+            quickstart(&cli.engine, &dir, transactions, out).await
+        }
+        Command::SampleData(args) => sample_data(&args, out),
+        Command::Spec(SpecCommand::Init(args)) => spec_init(&cli.engine, &args, out).await,
+        Command::Spec(SpecCommand::Validate { dir }) => spec_validate(&cli.engine, &dir, out).await,
+        Command::Spec(SpecCommand::Sample(args)) => spec_sample(&cli.engine, &args, out).await,
+    }
+}
+
+fn engine_config(args: &EngineArgs) -> Result<EngineConfig, CliError> {
+    let mut config = EngineConfig::default();
+    if let Some(p) = args.parallelism {
+        if p == 0 {
+            return Err(CliError::Usage("--parallelism must be at least 1".into()));
+        }
+        config.parallelism = p;
+        config.target_partitions = p;
+    }
+    if let Some(limit) = &args.memory_limit {
+        let size: bytesize::ByteSize = limit.parse().map_err(|e| {
+            CliError::Usage(format!(
+                "--memory-limit '{limit}' is not a size such as 512MiB or 4GiB: {e}"
+            ))
+        })?;
+        config.memory_limit = Some(usize::try_from(size.as_u64()).unwrap_or(usize::MAX));
+    }
+    Ok(config)
+}
+
+async fn engine(args: &EngineArgs) -> Result<Engine, CliError> {
+    Ok(Engine::embedded(engine_config(args)?).await?)
+}
+
+fn offset_arg(flag: &str, value: &Option<String>) -> Result<Option<Offset>, CliError> {
+    value
+        .as_deref()
+        .map(|v| Offset::parse_compact(v).map_err(|e| CliError::Usage(format!("--{flag}: {e}"))))
+        .transpose()
+}
+
+fn window_args(start: &str, end: &str) -> Result<TimeRange, CliError> {
+    let start = parse_instant(start).map_err(|e| CliError::Usage(format!("--start: {e}")))?;
+    let end = parse_instant(end).map_err(|e| CliError::Usage(format!("--end: {e}")))?;
+    if start >= end {
+        return Err(CliError::Usage(format!(
+            "--start ({}) must be before --end ({})",
+            format_instant(start),
+            format_instant(end)
+        )));
+    }
+    Ok(TimeRange { start, end })
+}
+
+fn sample_data(args: &SampleDataArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let start = parse_instant(&args.start).map_err(|e| CliError::Usage(format!("--start: {e}")))?;
+    let options = SampleDataOptions {
+        accounts: args.accounts,
+        transactions: args.transactions,
+        days: args.days,
+        seed: args.seed,
+        start,
+    };
+    let began = Instant::now();
+    let s = generate(&args.out, &options, args.force)?;
+    writeln!(
+        out,
+        "wrote sample data to {} in {:.1}s: {} transactions ({:.2}% fraud), {} account snapshots, \
+         {} training and {} batch-inference observations (inference from {})",
+        s.root.display(),
+        began.elapsed().as_secs_f64(),
+        s.transactions,
+        s.fraud_rate * 100.0,
+        s.account_snapshots,
+        s.train_rows,
+        s.batch_inference_rows,
+        format_instant(s.inference_start)
+    )?;
+    Ok(())
+}
+
+async fn spec_init(
+    engine_args: &EngineArgs,
+    args: &InitArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let target = args.out.join(SPEC_FILE_NAMES[0]);
+    if !args.force {
+        if let Some(existing) = SPEC_FILE_NAMES
+            .iter()
+            .map(|n| args.out.join(n))
+            .find(|p| p.exists())
+        {
+            return Err(CliError::Usage(format!(
+                "{} already exists; pass --force to replace it",
+                existing.display()
+            )));
+        }
+    }
+    let options = InitOptions {
+        source: SourceSpec {
+            kind: match args.kind {
+                SourceKindArg::Parquet => SourceKind::Parquet,
+                SourceKindArg::Csv => SourceKind::Csv,
+                SourceKindArg::Delta => SourceKind::Delta,
+            },
+            path: args.source.clone(),
+            timestamp_column: TimestampColumn {
+                name: args.timestamp_column.clone(),
+                format: args.timestamp_format.clone(),
+            },
+            source_delay: offset_arg("source-delay", &args.source_delay)?,
+        },
+        index_columns: args.index_columns.clone(),
+        exclude: args.exclude.clone(),
+        source_lookback: offset_arg("source-lookback", &args.source_lookback)?,
+        temporal_join_lookback: offset_arg("temporal-join-lookback", &args.temporal_join_lookback)?,
+    };
+    let cwd = std::env::current_dir().map_err(CliError::Output)?;
+    let engine = engine(engine_args).await?;
+    let spec = infer_spec(&engine, &options, &cwd).await?;
+    write_atomic(&target, spec.to_yaml().as_bytes())?;
+    writeln!(
+        out,
+        "wrote {} with {} feature(s) and index column(s) {}",
+        target.display(),
+        spec.features.len(),
+        spec.index_names().join(", ")
+    )?;
+    for f in &spec.features {
+        writeln!(out, "  {} {}", f.name, f.data_type)?;
+    }
+    Ok(())
+}
+
+fn transformation_kind(loaded: &LoadedSpec) -> &'static str {
+    match &loaded.spec.feature_transformation {
+        None => "precomputed",
+        Some(Transformation::Sql(_)) => "sql",
+        Some(Transformation::TransformationExpressions(_)) => "window aggregation",
+    }
+}
+
+async fn spec_validate(
+    engine_args: &EngineArgs,
+    dir: &Path,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let loaded = LoadedSpec::load(dir)?;
+    let engine = engine(engine_args).await?;
+    // Planning any window opens the source and checks the transformation's output schema.
+    let planned = plan_window(&engine, &loaded, TimeRange { start: 0, end: 1 }).await?;
+    writeln!(
+        out,
+        "ok: {} — {} index column(s), {} feature(s), {} transformation over {}",
+        loaded.file.display(),
+        loaded.spec.index_columns.len(),
+        loaded.spec.features.len(),
+        transformation_kind(&loaded),
+        planned.source.location
+    )?;
+    Ok(())
+}
+
+async fn spec_sample(
+    engine_args: &EngineArgs,
+    args: &SampleArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let window = window_args(&args.start, &args.end)?;
+    let loaded = LoadedSpec::load(&args.dir)?;
+    let limit = match (&args.output, args.limit) {
+        (_, Some(l)) => Some(l),
+        (None, None) => Some(DEFAULT_PRINT_LIMIT),
+        (Some(_), None) => None,
+    };
+    let engine = engine(engine_args).await?;
+    let began = Instant::now();
+    let batches = sample(&engine, &loaded, window, limit).await?;
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    match &args.output {
+        Some(path) => {
+            write_parquet_atomic(path, &batches)?;
+            writeln!(
+                out,
+                "wrote {rows} row(s) to {} in {:.2}s",
+                path.display(),
+                began.elapsed().as_secs_f64()
+            )?;
+        }
+        None => {
+            writeln!(
+                out,
+                "{}",
+                pretty_format_batches(&batches).map_err(|e| CliError::Usage(e.to_string()))?
+            )?;
+            let more = if Some(rows) == limit {
+                " (limited; use --limit N for more)"
+            } else {
+                ""
+            };
+            writeln!(
+                out,
+                "{rows} row(s){more} of {} in [{}, {}), {:.2}s",
+                loaded.file.display(),
+                format_instant(window.start),
+                format_instant(window.end),
+                began.elapsed().as_secs_f64()
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes batches to one parquet file through a temporary sibling, so a failure leaves nothing.
+fn write_parquet_atomic(path: &Path, batches: &[RecordBatch]) -> Result<(), CliError> {
+    use datafusion::parquet::arrow::ArrowWriter;
+    let Some(first) = batches.first() else {
+        return Err(CliError::Usage(
+            "no rows in the window; nothing written".into(),
+        ));
+    };
+    let mut buf = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buf, first.schema(), None)
+        .map_err(|e| CliError::Usage(format!("parquet: {e}")))?;
+    for b in batches {
+        writer
+            .write(b)
+            .map_err(|e| CliError::Usage(format!("parquet: {e}")))?;
+    }
+    writer
+        .close()
+        .map_err(|e| CliError::Usage(format!("parquet: {e}")))?;
+    write_atomic(path, &buf)?;
+    Ok(())
+}
+
+/// The example specs, compiled in so `quickstart` works from any folder.
+const EXAMPLE_SPECS: [(&str, &str, &str); 2] = [
+    (
+        "transactions",
+        "FeatureSetSpec.yaml",
+        include_str!("../../examples/fraud/featuresets/transactions/spec/FeatureSetSpec.yaml"),
+    ),
+    (
+        "accounts",
+        "FeaturesetSpec.yaml",
+        include_str!("../../examples/fraud/featuresets/accounts/spec/FeaturesetSpec.yaml"),
+    ),
+];
+
+async fn quickstart(
+    engine_args: &EngineArgs,
+    dir: &Path,
+    transactions: usize,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let began = Instant::now();
+    writeln!(
+        out,
+        "Almanac quickstart in {} (embedded Ballista engine)\n",
+        dir.display()
+    )?;
+    writeln!(out, "1. sample data")?;
+    let data = dir.join("data");
+    let options = SampleDataOptions {
+        transactions,
+        ..SampleDataOptions::default()
+    };
+    let s = generate(&data, &options, true)?;
+    writeln!(
+        out,
+        "   {} transactions, {} account snapshots, {} training observations -> {}",
+        s.transactions,
+        s.account_snapshots,
+        s.train_rows,
+        data.display()
+    )?;
+    writeln!(out, "\n2. feature set specs")?;
+    let mut spec_dirs: Vec<(String, PathBuf)> = Vec::new();
+    for (name, file, text) in EXAMPLE_SPECS {
+        let spec_dir = dir.join("featuresets").join(name).join("spec");
+        write_atomic(&spec_dir.join(file), text.as_bytes())?;
+        writeln!(out, "   {name}: {}", spec_dir.join(file).display())?;
+        spec_dirs.push((name.to_string(), spec_dir));
+    }
+    let engine = engine(engine_args).await?;
+    let window = TimeRange {
+        start: options.start,
+        end: options.start + i64::from(options.days) * 86_400_000_000,
+    };
+    writeln!(
+        out,
+        "\n3. features over [{}, {})",
+        format_instant(window.start),
+        format_instant(window.end)
+    )?;
+    for (name, spec_dir) in &spec_dirs {
+        let loaded = LoadedSpec::load(spec_dir)?;
+        let t = Instant::now();
+        let batches = plan_window(&engine, &loaded, window)
+            .await?
+            .collect()
+            .await?;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let secs = t.elapsed().as_secs_f64();
+        writeln!(
+            out,
+            "   {name}: {rows} rows, {} features, {secs:.2}s ({:.0} rows/s)",
+            loaded.spec.features.len(),
+            rows as f64 / secs.max(1e-9)
+        )?;
+        let preview = sample(&engine, &loaded, window, Some(3)).await?;
+        let table = pretty_format_batches(&preview)
+            .map_err(|e| CliError::Usage(e.to_string()))?
+            .to_string();
+        for line in table.lines() {
+            writeln!(out, "   {line}")?;
+        }
+    }
+    writeln!(
+        out,
+        "\ndone in {:.1}s. Next:",
+        began.elapsed().as_secs_f64()
+    )?;
+    let tx = dir.join("featuresets/transactions/spec");
+    writeln!(
+        out,
+        "   almanac spec sample {} --start 2023-01-10 --end 2023-01-11",
+        tx.display()
+    )?;
+    writeln!(
+        out,
+        "   almanac spec validate {}",
+        dir.join("featuresets/accounts/spec").display()
+    )?;
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! The `almanac` command-line tool, as a library so tests can drive it in-process.
+//!
+//! Without a cluster the CLI runs everything on an embedded Ballista engine.
+
+mod commands;
+mod error;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use error::CliError;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "almanac",
+    version,
+    about = "Almanac: a feature store's batch engine",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "ALMANAC_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How the embedded engine is sized.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// Task slots of the embedded executor (default: the machine's cores).
+    #[arg(long, global = true, env = "ALMANAC_PARALLELISM")]
+    pub parallelism: Option<usize>,
+
+    /// Memory the engine may use before operators spill to disk, e.g. 2GiB (default: unbounded).
+    #[arg(long, global = true, env = "ALMANAC_MEMORY_LIMIT")]
+    pub memory_limit: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate sample data and compute the example feature sets, end to end, embedded.
+    Quickstart {
+        /// Folder for the sample data and specs.
+        #[arg(long, default_value = "almanac-quickstart")]
+        dir: PathBuf,
+        /// Number of transactions to generate.
+        #[arg(long, default_value_t = 50_000)]
+        transactions: usize,
+    },
+    /// Write deterministic, tutorial-shaped sample data (transactions, accounts, observations).
+    SampleData(SampleDataArgs),
+    /// Work with feature set specs locally.
+    #[command(subcommand)]
+    Spec(SpecCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct SampleDataArgs {
+    /// Folder to write into; gets transactions/, accounts/ and observations/{train,batch_inference}/.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 1_000)]
+    pub accounts: usize,
+    #[arg(long, default_value_t = 50_000)]
+    pub transactions: usize,
+    /// Days of data (at least 15).
+    #[arg(long, default_value_t = 60)]
+    pub days: u32,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// First day of data (UTC).
+    #[arg(long, default_value = "2023-01-01")]
+    pub start: String,
+    /// Replace sample data already in the folder.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpecCommand {
+    /// Create a spec for precomputed features from a source's schema.
+    Init(InitArgs),
+    /// Check a spec: its fields, its source, and that the transformation produces what it declares.
+    Validate {
+        /// Folder holding FeatureSetSpec.yaml (or the file).
+        dir: PathBuf,
+    },
+    /// Compute a spec's features over a window and print them or write them to parquet.
+    Sample(SampleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Source file, folder or glob (local path, file://, s3://, az://, abfss://, gs://).
+    #[arg(long)]
+    pub source: String,
+    /// Source format.
+    #[arg(long = "type", value_enum, default_value = "parquet")]
+    pub kind: SourceKindArg,
+    /// Index (join key) column; repeat for several.
+    #[arg(long = "index-column", required = true)]
+    pub index_columns: Vec<String>,
+    #[arg(long)]
+    pub timestamp_column: String,
+    /// Format of a string or integer timestamp column (e.g. '%Y-%m-%d %H:%M:%S', epoch_ms).
+    #[arg(long)]
+    pub timestamp_format: Option<String>,
+    /// Source column to leave out; repeat for several.
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// How late data lands in the source, e.g. 20m.
+    #[arg(long)]
+    pub source_delay: Option<String>,
+    /// History a feature window reads before its start, e.g. 7d.
+    #[arg(long)]
+    pub source_lookback: Option<String>,
+    /// How far back a point-in-time join looks for a value, e.g. 365d.
+    #[arg(long)]
+    pub temporal_join_lookback: Option<String>,
+    /// Folder to write FeatureSetSpec.yaml into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace an existing spec.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SourceKindArg {
+    Parquet,
+    Csv,
+    Delta,
+}
+
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// Folder holding FeatureSetSpec.yaml (or the file).
+    pub dir: PathBuf,
+    /// Window start, included (UTC unless an offset is given), e.g. 2023-01-01.
+    #[arg(long)]
+    pub start: String,
+    /// Window end, excluded.
+    #[arg(long)]
+    pub end: String,
+    /// Rows to show or write (default when printing: 20; when writing: all).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write the rows to this parquet file instead of printing them.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+/// Runs a parsed command line, writing user-facing output to `out`.
+pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    commands::run(cli, out).await
+}

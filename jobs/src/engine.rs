@@ -1,0 +1,121 @@
+//! The engine: a Ballista session configured the Almanac way.
+//!
+//! Every query Almanac runs goes through Ballista. Without a cluster, [`Engine::embedded`]
+//! starts Ballista's scheduler and an executor inside this process (its "standalone" mode), so
+//! plans are serialized and run exactly as they will be on remote executors. The session state
+//! built by [`almanac_session_state`] is the one the scheduler and executors use too: it carries
+//! Almanac's functions, object stores and memory pool.
+
+use std::sync::Arc;
+
+use ballista::prelude::{SessionConfigExt, SessionContextExt};
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider,
+};
+use datafusion::execution::SessionState;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::error::{EngineResultExt, Result};
+use crate::storage::AlmanacObjectStores;
+use crate::timestamp::{ParseTimestamp, TimestampCheck};
+
+/// How the embedded engine is sized.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Task slots of the embedded executor; default: the machine's cores.
+    pub parallelism: usize,
+    /// Partitions a query is split into.
+    pub target_partitions: usize,
+    /// Memory pool size in bytes shared by all running queries; operators spill beyond it.
+    /// `None`: unbounded.
+    pub memory_limit: Option<usize>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        EngineConfig {
+            parallelism: cores,
+            target_partitions: cores,
+            memory_limit: None,
+        }
+    }
+}
+
+/// The session state every Almanac process uses: client, scheduler and executors.
+pub fn almanac_session_state(config: &EngineConfig) -> Result<SessionState> {
+    let session_config = SessionConfig::new_with_ballista()
+        .with_target_partitions(config.target_partitions.max(1))
+        .with_ballista_standalone_parallelism(config.parallelism.max(1))
+        // Feature store columns are camelCase (accountID); user SQL must match names as written.
+        .set_bool("datafusion.sql_parser.enable_ident_normalization", false)
+        .with_information_schema(false);
+    let mut runtime =
+        RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(AlmanacObjectStores::new()));
+    if let Some(limit) = config.memory_limit {
+        runtime = runtime.with_memory_limit(limit, 1.0);
+    }
+    let runtime = runtime
+        .build_arc()
+        .context(|| "cannot set up the engine's runtime".to_string())?;
+    let state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(session_config)
+        .with_runtime_env(runtime)
+        .with_scalar_functions(vec![ParseTimestamp::udf(), TimestampCheck::udf()])
+        .build();
+    Ok(state)
+}
+
+/// A running engine; cheap to share, and each [`Engine::session`] gets its own table names.
+#[derive(Clone)]
+pub struct Engine {
+    state: SessionState,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("session_id", &self.state.session_id())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Starts Ballista's scheduler and one executor in this process.
+    ///
+    /// They run as tasks on the current Tokio runtime and stop with it.
+    pub async fn embedded(config: EngineConfig) -> Result<Engine> {
+        let state = almanac_session_state(&config)?;
+        let ctx = SessionContext::standalone_with_state(state)
+            .await
+            .context(|| "cannot start the embedded Ballista cluster".to_string())?;
+        tracing::debug!(
+            parallelism = config.parallelism,
+            "embedded ballista cluster started"
+        );
+        Ok(Engine { state: ctx.state() })
+    }
+
+    /// A session sharing the engine's cluster, functions and object stores, with a table
+    /// namespace of its own so concurrent computations cannot see each other's `source`.
+    pub fn session(&self) -> SessionContext {
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+        let catalog = MemoryCatalogProvider::new();
+        // Registering into fresh in-memory providers cannot fail.
+        let _ = catalog.register_schema("public", Arc::new(MemorySchemaProvider::new()));
+        let _ = datafusion::catalog::CatalogProviderList::register_catalog(
+            catalogs.as_ref(),
+            "datafusion".to_string(),
+            Arc::new(catalog),
+        );
+        let state = SessionStateBuilder::new_from_existing(self.state.clone())
+            .with_catalog_list(catalogs)
+            .build();
+        SessionContext::new_with_state(state)
+    }
+}

@@ -1,0 +1,21 @@
+//! `almanac-jobs`: Almanac's domain library.
+//!
+//! Everything the services and the CLI do lives here: reading and validating the files users
+//! write ([`spec`]), reading sources ([`source`]), computing features ([`transform`],
+//! [`compute`]) on the Ballista engine ([`engine`]), and generating tutorial-shaped sample data
+//! ([`sample_data`]).
+
+pub mod compute;
+mod delta;
+pub mod engine;
+pub mod error;
+pub mod init;
+pub mod sample_data;
+pub mod source;
+pub mod spec;
+pub mod storage;
+pub mod time;
+pub mod timestamp;
+pub mod transform;
+
+pub use error::{JobsError, Result};

@@ -1,0 +1,227 @@
+//! Feature transformations: precomputed columns, SQL over `source`, and the window-aggregation
+//! DSL.
+//!
+//! # Window semantics (DESIGN.md §4)
+//! At a row of key `k` at time `t`, a window `w` covers `k`'s source rows with timestamps in
+//! `[t − w, t]`, both ends included, so rows sharing `t` are all in. `count` counts rows; the
+//! other aggregations ignore nulls (`sum`/`avg`/`min`/`max` of no values is null). `latest` is
+//! the non-null value with the greatest timestamp in the window; among several at that
+//! timestamp, the greatest value, so the result never depends on file or partition order.
+//! The DSL emits one row per distinct (key, timestamp) of the source, and rows with null keys
+//! aggregate together as their own key.
+//!
+//! # Plan
+//! The DSL first groups source rows by (key, timestamp), so ties and duplicates collapse, then
+//! runs one window function per feature over the grouped rows ordered by the timestamp's
+//! microseconds with an integer `RANGE` frame (exact, no interval arithmetic).
+
+use datafusion::logical_expr::Expr;
+use datafusion::prelude::ident;
+use datafusion::prelude::{DataFrame, SQLOptions, SessionContext};
+
+use crate::error::{JobsError, Result};
+use crate::spec::{Aggregation, FeatureSetSpec, Transformation, WindowAggregation};
+
+/// Quotes an identifier for generated SQL; identifiers are case-sensitive as written.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn transformation_error(file: &str, message: impl Into<String>) -> JobsError {
+    JobsError::Transformation {
+        file: file.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Applies the spec's transformation to the prepared source rows.
+///
+/// `file` names the spec in error messages.
+pub async fn apply(
+    ctx: &SessionContext,
+    spec: &FeatureSetSpec,
+    file: &str,
+    source: DataFrame,
+) -> Result<DataFrame> {
+    match &spec.feature_transformation {
+        None => precomputed(spec, file, source),
+        Some(Transformation::Sql(sql)) => {
+            register_source(ctx, source, file)?;
+            run_sql(ctx, sql, file).await
+        }
+        Some(Transformation::TransformationExpressions(exprs)) => {
+            check_dsl_columns(spec, exprs, file, &source)?;
+            register_source(ctx, source, file)?;
+            run_sql(ctx, &window_sql(spec, exprs), file).await
+        }
+    }
+}
+
+fn precomputed(spec: &FeatureSetSpec, file: &str, source: DataFrame) -> Result<DataFrame> {
+    let schema = source.schema().clone();
+    let mut missing = Vec::new();
+    let names = spec
+        .index_names()
+        .into_iter()
+        .chain(std::iter::once(spec.timestamp_name()))
+        .chain(spec.features.iter().map(|f| f.name.as_str()));
+    let mut columns: Vec<Expr> = Vec::new();
+    for name in names {
+        if schema.field_with_unqualified_name(name).is_err() {
+            missing.push(name.to_string());
+        } else {
+            columns.push(ident(name));
+        }
+    }
+    if !missing.is_empty() {
+        let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        return Err(transformation_error(
+            file,
+            format!(
+                "the spec has no transformation, so every index column and feature must be a source column; \
+                 the source has no column {}; its columns are: {}",
+                missing
+                    .iter()
+                    .map(|m| format!("'{m}'"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                have.join(", ")
+            ),
+        ));
+    }
+    source
+        .select(columns)
+        .map_err(|e| transformation_error(file, e.to_string()))
+}
+
+/// Checks the DSL's columns against the source before any SQL is generated, so errors name
+/// the spec's fields rather than generated SQL.
+fn check_dsl_columns(
+    spec: &FeatureSetSpec,
+    exprs: &[WindowAggregation],
+    file: &str,
+    source: &DataFrame,
+) -> Result<()> {
+    let schema = source.schema();
+    let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let mut problems = Vec::new();
+    for (i, key) in spec.index_names().iter().enumerate() {
+        if !have.contains(key) {
+            problems.push(format!(
+                "index_columns[{i}]: the source has no column '{key}'"
+            ));
+        }
+    }
+    for (i, e) in exprs.iter().enumerate() {
+        let Some(c) = e.source_column.as_deref() else {
+            continue;
+        };
+        let path = format!("feature_transformation.transformation_expressions[{i}].source_column");
+        match schema.field_with_unqualified_name(c) {
+            Err(_) => problems.push(format!("{path}: the source has no column '{c}'")),
+            Ok(f)
+                if matches!(e.aggregation, Aggregation::Sum | Aggregation::Avg)
+                    && !f.data_type().is_numeric() =>
+            {
+                problems.push(format!(
+                    "{path}: {:?} needs a numeric column; '{c}' is {}",
+                    e.aggregation,
+                    f.data_type()
+                ))
+            }
+            Ok(_) => {}
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(transformation_error(
+        file,
+        format!(
+            "{}; the source's columns are: {}",
+            problems.join("; "),
+            have.join(", ")
+        ),
+    ))
+}
+
+fn register_source(ctx: &SessionContext, source: DataFrame, file: &str) -> Result<()> {
+    ctx.register_table("source", source.into_view())
+        .map(|_| ())
+        .map_err(|e| transformation_error(file, format!("cannot register the source table: {e}")))
+}
+
+async fn run_sql(ctx: &SessionContext, sql: &str, file: &str) -> Result<DataFrame> {
+    // A transformation is a query: no DDL, no writes, no SET.
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    ctx.sql_with_options(sql, options).await.map_err(|e| {
+        transformation_error(
+            file,
+            format!(
+                "feature_transformation.sql is not a valid query over `source`: {}",
+                e.strip_backtrace()
+            ),
+        )
+    })
+}
+
+/// The DSL as SQL over `source`; see the module docs for the plan's shape.
+pub fn window_sql(spec: &FeatureSetSpec, exprs: &[WindowAggregation]) -> String {
+    let keys: Vec<String> = spec.index_names().iter().map(|k| quote_ident(k)).collect();
+    let ts = quote_ident(spec.timestamp_name());
+    let group_keys = keys
+        .iter()
+        .cloned()
+        .chain(std::iter::once(ts.clone()))
+        .collect::<Vec<_>>()
+        .join(", ");
+
+    // Per-(key, timestamp) partial aggregates, one set per source column, named by position so
+    // arbitrary column names never collide.
+    let mut columns: Vec<&str> = exprs
+        .iter()
+        .filter_map(|e| e.source_column.as_deref())
+        .collect();
+    columns.sort();
+    columns.dedup();
+    let mut partials = vec!["COUNT(*) AS \"__rows\"".to_string()];
+    for (i, c) in columns.iter().enumerate() {
+        let c = quote_ident(c);
+        partials.push(format!("SUM({c}) AS \"__sum{i}\""));
+        partials.push(format!("COUNT({c}) AS \"__n{i}\""));
+        partials.push(format!("MIN({c}) AS \"__min{i}\""));
+        partials.push(format!("MAX({c}) AS \"__max{i}\""));
+    }
+    let partition = if keys.is_empty() {
+        String::new()
+    } else {
+        format!("PARTITION BY {} ", keys.join(", "))
+    };
+    let features: Vec<String> = exprs
+        .iter()
+        .map(|e| {
+            let frame = format!("OVER ({partition}ORDER BY \"__t\" RANGE BETWEEN {} PRECEDING AND CURRENT ROW)", e.window.micros());
+            let i = e.source_column.as_deref().and_then(|c| columns.iter().position(|x| *x == c)).unwrap_or(0);
+            let value = match e.aggregation {
+                Aggregation::Count => format!("SUM(\"__rows\") {frame}"),
+                Aggregation::Sum => format!("SUM(\"__sum{i}\") {frame}"),
+                Aggregation::Avg => format!(
+                    "CAST(SUM(\"__sum{i}\") {frame} AS DOUBLE) / CAST(SUM(\"__n{i}\") {frame} AS DOUBLE)"
+                ),
+                Aggregation::Min => format!("MIN(\"__min{i}\") {frame}"),
+                Aggregation::Max => format!("MAX(\"__max{i}\") {frame}"),
+                Aggregation::Latest => format!("LAST_VALUE(\"__max{i}\" IGNORE NULLS) {frame}"),
+            };
+            format!("{value} AS {}", quote_ident(&e.feature_name))
+        })
+        .collect();
+    format!(
+        "SELECT {group_keys}, {features} FROM (SELECT *, CAST({ts} AS BIGINT) AS \"__t\" FROM \
+         (SELECT {group_keys}, {partials} FROM source GROUP BY {group_keys}))",
+        features = features.join(", "),
+        partials = partials.join(", "),
+    )
+}

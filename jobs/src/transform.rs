@@ -13,7 +13,10 @@
 //! # Plan
 //! The DSL first groups source rows by (key, timestamp), so ties and duplicates collapse, then
 //! runs one window function per feature over the grouped rows ordered by the timestamp's
-//! microseconds with an integer `RANGE` frame (exact, no interval arithmetic).
+//! microseconds with an integer `RANGE` frame (exact, no interval arithmetic). `latest` finds
+//! the frame's last timestamp with a value and joins back to the groups for it, because
+//! `LAST_VALUE(.. IGNORE NULLS)` over a `RANGE` frame returned nulls in DataFusion 55 (caught by
+//! the oracle tests). The single-pass window operator replaces this plan.
 
 use datafusion::logical_expr::Expr;
 use datafusion::prelude::ident;
@@ -200,28 +203,65 @@ pub fn window_sql(spec: &FeatureSetSpec, exprs: &[WindowAggregation]) -> String 
     } else {
         format!("PARTITION BY {} ", keys.join(", "))
     };
-    let features: Vec<String> = exprs
-        .iter()
-        .map(|e| {
-            let frame = format!("OVER ({partition}ORDER BY \"__t\" RANGE BETWEEN {} PRECEDING AND CURRENT ROW)", e.window.micros());
-            let i = e.source_column.as_deref().and_then(|c| columns.iter().position(|x| *x == c)).unwrap_or(0);
-            let value = match e.aggregation {
-                Aggregation::Count => format!("SUM(\"__rows\") {frame}"),
-                Aggregation::Sum => format!("SUM(\"__sum{i}\") {frame}"),
-                Aggregation::Avg => format!(
+    let mut windowed = Vec::new();
+    let mut selected = Vec::new();
+    let mut joins = Vec::new();
+    for (j, e) in exprs.iter().enumerate() {
+        let frame = format!(
+            "OVER ({partition}ORDER BY \"__t\" RANGE BETWEEN {} PRECEDING AND CURRENT ROW)",
+            e.window.micros()
+        );
+        let i = e
+            .source_column
+            .as_deref()
+            .and_then(|c| columns.iter().position(|x| *x == c))
+            .unwrap_or(0);
+        let name = quote_ident(&e.feature_name);
+        let value = match e.aggregation {
+            Aggregation::Count => format!("SUM(\"__rows\") {frame}"),
+            Aggregation::Sum => format!("SUM(\"__sum{i}\") {frame}"),
+            Aggregation::Avg => {
+                format!(
                     "CAST(SUM(\"__sum{i}\") {frame} AS DOUBLE) / CAST(SUM(\"__n{i}\") {frame} AS DOUBLE)"
-                ),
-                Aggregation::Min => format!("MIN(\"__min{i}\") {frame}"),
-                Aggregation::Max => format!("MAX(\"__max{i}\") {frame}"),
-                Aggregation::Latest => format!("LAST_VALUE(\"__max{i}\" IGNORE NULLS) {frame}"),
-            };
-            format!("{value} AS {}", quote_ident(&e.feature_name))
-        })
+                )
+            }
+            Aggregation::Min => format!("MIN(\"__min{i}\") {frame}"),
+            Aggregation::Max => format!("MAX(\"__max{i}\") {frame}"),
+            Aggregation::Latest => {
+                // The latest timestamp in the frame with a value, then that timestamp's value
+                // (the greatest, if several rows share it) through a join back to the groups.
+                windowed.push(format!("MAX(CASE WHEN \"__max{i}\" IS NOT NULL THEN \"__t\" END) {frame} AS \"__lt{j}\""));
+                let on: Vec<String> = keys
+                    .iter()
+                    .map(|k| format!("(\"w\".{k} IS NOT DISTINCT FROM \"l{j}\".{k})"))
+                    .chain(std::iter::once(format!(
+                        "(\"l{j}\".\"__t\" = \"w\".\"__lt{j}\")"
+                    )))
+                    .collect();
+                joins.push(format!(
+                    "LEFT JOIN \"g\" AS \"l{j}\" ON {}",
+                    on.join(" AND ")
+                ));
+                selected.push(format!("\"l{j}\".\"__max{i}\" AS {name}"));
+                continue;
+            }
+        };
+        windowed.push(format!("{value} AS {name}"));
+        selected.push(format!("\"w\".{name}"));
+    }
+    let w_keys: Vec<String> = keys
+        .iter()
+        .chain(std::iter::once(&ts))
+        .map(|k| format!("\"w\".{k}"))
         .collect();
     format!(
-        "SELECT {group_keys}, {features} FROM (SELECT *, CAST({ts} AS BIGINT) AS \"__t\" FROM \
-         (SELECT {group_keys}, {partials} FROM source GROUP BY {group_keys}))",
-        features = features.join(", "),
+        "WITH \"g\" AS (SELECT {group_keys}, CAST({ts} AS BIGINT) AS \"__t\", {partials} FROM source GROUP BY {group_keys}), \
+         \"w\" AS (SELECT {group_keys}, {windowed} FROM \"g\") \
+         SELECT {w_keys}, {selected} FROM \"w\" {joins}",
         partials = partials.join(", "),
+        windowed = windowed.join(", "),
+        w_keys = w_keys.join(", "),
+        selected = selected.join(", "),
+        joins = joins.join(" "),
     )
 }

@@ -167,10 +167,22 @@ async fn locate(
     })
 }
 
-fn format_for(kind: SourceKind) -> Arc<dyn FileFormat> {
+/// The file format with the session's options, so settings Ballista needs (such as reading
+/// strings as `Utf8` rather than views, which Arrow Flight cannot always carry) apply.
+fn format_for(
+    kind: SourceKind,
+    state: &datafusion::execution::SessionState,
+) -> Arc<dyn FileFormat> {
+    let options = state.table_options();
     match kind {
-        SourceKind::Csv => Arc::new(CsvFormat::default().with_has_header(true)),
-        SourceKind::Parquet | SourceKind::Delta => Arc::new(ParquetFormat::default()),
+        SourceKind::Csv => Arc::new(
+            CsvFormat::default()
+                .with_options(options.csv.clone())
+                .with_has_header(true),
+        ),
+        SourceKind::Parquet | SourceKind::Delta => {
+            Arc::new(ParquetFormat::default().with_options(options.parquet.clone()))
+        }
     }
 }
 
@@ -196,7 +208,8 @@ impl Source {
             (location.urls.clone(), location.extension.clone())
         };
         let state = ctx.state();
-        let options = ListingOptions::new(format_for(spec.kind)).with_file_extension(extension);
+        let options =
+            ListingOptions::new(format_for(spec.kind, &state)).with_file_extension(extension);
         let schema = options
             .infer_schema(&state, &urls[0])
             .await

@@ -94,12 +94,46 @@ pub struct ColumnSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(into = "TransformationYaml", from = "TransformationYaml")]
 pub enum Transformation {
     /// A query over a table named `source`.
     Sql(String),
     /// The window-aggregation DSL.
     TransformationExpressions(Vec<WindowAggregation>),
+}
+
+/// How a [`Transformation`] is written: a mapping with one of two keys. (serde_yaml would
+/// otherwise write an enum as a YAML tag, which the managed feature store's files never use.)
+#[derive(Serialize, Deserialize)]
+struct TransformationYaml {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sql: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    transformation_expressions: Option<Vec<WindowAggregation>>,
+}
+
+impl From<Transformation> for TransformationYaml {
+    fn from(t: Transformation) -> Self {
+        match t {
+            Transformation::Sql(sql) => TransformationYaml {
+                sql: Some(sql),
+                transformation_expressions: None,
+            },
+            Transformation::TransformationExpressions(e) => TransformationYaml {
+                sql: None,
+                transformation_expressions: Some(e),
+            },
+        }
+    }
+}
+
+impl From<TransformationYaml> for Transformation {
+    fn from(t: TransformationYaml) -> Self {
+        match (t.sql, t.transformation_expressions) {
+            (Some(sql), _) => Transformation::Sql(sql),
+            (None, e) => Transformation::TransformationExpressions(e.unwrap_or_default()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,14 +26,16 @@ use crate::{
 const DEFAULT_PRINT_LIMIT: usize = 20;
 
 pub(crate) async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    // Every flag is checked before any file is read or written.
+    let config = engine_config(&cli.engine)?;
     match cli.command {
         Command::Quickstart { dir, transactions } => {
-            quickstart(&cli.engine, &dir, transactions, out).await
+            quickstart(config, &dir, transactions, out).await
         }
         Command::SampleData(args) => sample_data(&args, out),
-        Command::Spec(SpecCommand::Init(args)) => spec_init(&cli.engine, &args, out).await,
-        Command::Spec(SpecCommand::Validate { dir }) => spec_validate(&cli.engine, &dir, out).await,
-        Command::Spec(SpecCommand::Sample(args)) => spec_sample(&cli.engine, &args, out).await,
+        Command::Spec(SpecCommand::Init(args)) => spec_init(config, &args, out).await,
+        Command::Spec(SpecCommand::Validate { dir }) => spec_validate(config, &dir, out).await,
+        Command::Spec(SpecCommand::Sample(args)) => spec_sample(config, &args, out).await,
     }
 }
 
@@ -57,8 +59,8 @@ fn engine_config(args: &EngineArgs) -> Result<EngineConfig, CliError> {
     Ok(config)
 }
 
-async fn engine(args: &EngineArgs) -> Result<Engine, CliError> {
-    Ok(Engine::embedded(engine_config(args)?).await?)
+async fn engine(config: EngineConfig) -> Result<Engine, CliError> {
+    Ok(Engine::embedded(config).await?)
 }
 
 fn offset_arg(flag: &str, value: &Option<String>) -> Result<Option<Offset>, CliError> {
@@ -109,7 +111,7 @@ fn sample_data(args: &SampleDataArgs, out: &mut dyn Write) -> Result<(), CliErro
 }
 
 async fn spec_init(
-    engine_args: &EngineArgs,
+    config: EngineConfig,
     args: &InitArgs,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
@@ -146,7 +148,7 @@ async fn spec_init(
         temporal_join_lookback: offset_arg("temporal-join-lookback", &args.temporal_join_lookback)?,
     };
     let cwd = std::env::current_dir().map_err(CliError::Output)?;
-    let engine = engine(engine_args).await?;
+    let engine = engine(config).await?;
     let spec = infer_spec(&engine, &options, &cwd).await?;
     write_atomic(&target, spec.to_yaml().as_bytes())?;
     writeln!(
@@ -171,12 +173,12 @@ fn transformation_kind(loaded: &LoadedSpec) -> &'static str {
 }
 
 async fn spec_validate(
-    engine_args: &EngineArgs,
+    config: EngineConfig,
     dir: &Path,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     let loaded = LoadedSpec::load(dir)?;
-    let engine = engine(engine_args).await?;
+    let engine = engine(config).await?;
     // Planning any window opens the source and checks the transformation's output schema.
     let planned = plan_window(&engine, &loaded, TimeRange { start: 0, end: 1 }).await?;
     writeln!(
@@ -192,7 +194,7 @@ async fn spec_validate(
 }
 
 async fn spec_sample(
-    engine_args: &EngineArgs,
+    config: EngineConfig,
     args: &SampleArgs,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
@@ -203,7 +205,7 @@ async fn spec_sample(
         (None, None) => Some(DEFAULT_PRINT_LIMIT),
         (Some(_), None) => None,
     };
-    let engine = engine(engine_args).await?;
+    let engine = engine(config).await?;
     let began = Instant::now();
     let batches = sample(&engine, &loaded, window, limit).await?;
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
@@ -279,7 +281,7 @@ const EXAMPLE_SPECS: [(&str, &str, &str); 2] = [
 ];
 
 async fn quickstart(
-    engine_args: &EngineArgs,
+    config: EngineConfig,
     dir: &Path,
     transactions: usize,
     out: &mut dyn Write,
@@ -313,7 +315,7 @@ async fn quickstart(
         writeln!(out, "   {name}: {}", spec_dir.join(file).display())?;
         spec_dirs.push((name.to_string(), spec_dir));
     }
-    let engine = engine(engine_args).await?;
+    let engine = engine(config).await?;
     let window = TimeRange {
         start: options.start,
         end: options.start + i64::from(options.days) * 86_400_000_000,

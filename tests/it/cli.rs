@@ -1,1 +1,525 @@
+//! The `almanac` binary, run as a user would run it.
 
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use clap::Parser;
+
+use almanac_tests::fixtures::{DAY, result_map, t};
+use almanac_tests::oracle::{Agg, SourceRow, assert_same, window_features};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// What a run of the CLI printed.
+struct Output {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `almanac ARGS` in `cwd` through the CLI library: argument parsing, the command and its
+/// output, everything the binary does but logging setup. (A separate package's binary is not
+/// built by `cargo test`, and building it from here resolves a second feature set of the tree.)
+/// The working folder is process-wide, so CLI runs take turns.
+fn almanac(args: &[&str], cwd: &Path) -> Output {
+    static CWD: Mutex<()> = Mutex::new(());
+    let _turn = CWD.lock().unwrap_or_else(|e| e.into_inner());
+    let cli = match almanac_cli::Cli::try_parse_from(
+        std::iter::once("almanac").chain(args.iter().copied()),
+    ) {
+        Ok(cli) => cli,
+        Err(e) => {
+            return Output {
+                success: false,
+                stdout: String::new(),
+                stderr: e.to_string(),
+            };
+        }
+    };
+    std::env::set_current_dir(cwd).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut stdout = Vec::new();
+    let result = runtime.block_on(almanac_cli::run(cli, &mut stdout));
+    drop(runtime);
+    Output {
+        success: result.is_ok(),
+        stdout: String::from_utf8(stdout).unwrap(),
+        stderr: result
+            .err()
+            .map(|e| format!("error: {e}"))
+            .unwrap_or_default(),
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.success,
+        "almanac failed:\nstdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    out.stdout.clone()
+}
+
+fn failed(out: &Output) -> String {
+    assert!(!out.success, "almanac should have failed:\n{}", out.stdout);
+    out.stderr.clone()
+}
+
+fn read_parquet(path: &Path) -> Vec<RecordBatch> {
+    let file = std::fs::File::open(path).unwrap();
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+fn read_folder(dir: &Path) -> Vec<RecordBatch> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.iter().flat_map(|f| read_parquet(f)).collect()
+}
+
+fn example_spec(name: &str, to: &Path) -> PathBuf {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/fraud/featuresets")
+        .join(name)
+        .join("spec");
+    let dir = to.join("featuresets").join(name).join("spec");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn example_transactions_spec_over_a_month_matches_an_independent_computation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    ok(&almanac(
+        &[
+            "sample-data",
+            "--out",
+            "data",
+            "--accounts",
+            "150",
+            "--transactions",
+            "6000",
+            "--days",
+            "45",
+        ],
+        root,
+    ));
+    let spec = example_spec("transactions", root);
+    let out = root.join("month.parquet");
+    let stdout = ok(&almanac(
+        &[
+            "spec",
+            "sample",
+            spec.to_str().unwrap(),
+            "--start",
+            "2023-01-08",
+            "--end",
+            "2023-02-08",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        root,
+    ));
+    assert!(stdout.contains("wrote"), "{stdout}");
+
+    // The oracle reads the generated parquet itself.
+    let mut rows = Vec::new();
+    for b in read_folder(&root.join("data/transactions")) {
+        let ids = cast(b.column_by_name("accountID").unwrap(), &DataType::Utf8).unwrap();
+        let ts = cast(b.column_by_name("timestamp").unwrap(), &DataType::Int64).unwrap();
+        let amount = b
+            .column_by_name("transactionAmount")
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .clone();
+        for i in 0..b.num_rows() {
+            rows.push(SourceRow {
+                keys: vec![Some(ids.as_string::<i32>().value(i).to_string())],
+                ts: ts.as_primitive::<Int64Type>().value(i),
+                value: (!amount.is_null(i)).then(|| amount.value(i)),
+            });
+        }
+    }
+    let aggs = [
+        (Agg::Count, 3 * DAY),
+        (Agg::Sum, 3 * DAY),
+        (Agg::Avg, 3 * DAY),
+        (Agg::Count, 7 * DAY),
+        (Agg::Sum, 7 * DAY),
+        (Agg::Avg, 7 * DAY),
+    ];
+    let expected = window_features(&rows, &aggs, t("2023-01-08"), t("2023-02-08"), 7 * DAY);
+    assert!(
+        expected.len() > 3000,
+        "a month of the sample has thousands of rows"
+    );
+    let batches = read_parquet(&out);
+    let schema = batches[0].schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "accountID",
+            "timestamp",
+            "transaction_3d_count",
+            "transaction_amount_3d_sum",
+            "transaction_amount_3d_avg",
+            "transaction_7d_count",
+            "transaction_amount_7d_sum",
+            "transaction_amount_7d_avg"
+        ]
+    );
+    assert_eq!(schema.field(2).data_type(), &DataType::Int64);
+    assert_same(
+        &result_map(&batches, &["accountID"], "timestamp"),
+        &expected,
+    );
+}
+
+#[test]
+fn spec_init_validate_and_sample_on_precomputed_accounts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    ok(&almanac(
+        &[
+            "sample-data",
+            "--out",
+            "data",
+            "--accounts",
+            "20",
+            "--transactions",
+            "200",
+            "--days",
+            "21",
+        ],
+        root,
+    ));
+    let stdout = ok(&almanac(
+        &[
+            "spec",
+            "init",
+            "--source",
+            "data/accounts",
+            "--index-column",
+            "accountID",
+            "--timestamp-column",
+            "timestamp",
+            "--temporal-join-lookback",
+            "365d",
+            "--out",
+            "spec",
+        ],
+        root,
+    ));
+    assert!(stdout.contains("with 4 feature(s)"), "{stdout}");
+    let written = std::fs::read_to_string(root.join("spec/FeatureSetSpec.yaml")).unwrap();
+    for expected in [
+        "name: accountAge",
+        "type: double",
+        "name: isUserRegistered",
+        "type: boolean",
+        "days: 365",
+    ] {
+        assert!(
+            written.contains(expected),
+            "{expected} missing from:\n{written}"
+        );
+    }
+    let again = failed(&almanac(
+        &[
+            "spec",
+            "init",
+            "--source",
+            "data/accounts",
+            "--index-column",
+            "accountID",
+            "--timestamp-column",
+            "timestamp",
+            "--out",
+            "spec",
+        ],
+        root,
+    ));
+    assert!(again.contains("already exists; pass --force"), "{again}");
+
+    let validated = ok(&almanac(&["spec", "validate", "spec"], root));
+    assert!(
+        validated.starts_with("ok: ") && validated.contains("precomputed"),
+        "{validated}"
+    );
+
+    let table = ok(&almanac(
+        &[
+            "spec",
+            "sample",
+            "spec",
+            "--start",
+            "2023-01-01",
+            "--end",
+            "2023-01-02",
+            "--limit",
+            "5",
+        ],
+        root,
+    ));
+    // Snapshots are weekly at midnight: the first day holds one snapshot per account.
+    assert!(
+        table.contains("| accountID | timestamp            | accountCountry |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("A1000000  | 2023-01-01T00:00:00Z"),
+        "{table}"
+    );
+    assert!(
+        table.contains("5 row(s) (limited; use --limit N for more)"),
+        "{table}"
+    );
+}
+
+#[test]
+fn bad_input_fails_clearly_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    ok(&almanac(
+        &[
+            "sample-data",
+            "--out",
+            "data",
+            "--accounts",
+            "20",
+            "--transactions",
+            "200",
+            "--days",
+            "21",
+        ],
+        root,
+    ));
+
+    // A spec with a bad field: the error names the file and field; no output file appears.
+    let spec = example_spec("transactions", root);
+    let file = spec.join("FeatureSetSpec.yaml");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("aggregation: avg", "aggregation: mean");
+    std::fs::write(&file, text).unwrap();
+    let out = root.join("out.parquet");
+    let err = failed(&almanac(
+        &[
+            "spec",
+            "sample",
+            spec.to_str().unwrap(),
+            "--start",
+            "2023-01-08",
+            "--end",
+            "2023-01-09",
+            "--output",
+            "out.parquet",
+        ],
+        root,
+    ));
+    assert!(
+        err.contains("FeatureSetSpec.yaml") && err.contains("aggregation: expected one of"),
+        "{err}"
+    );
+    assert!(!out.exists());
+
+    let err = failed(&almanac(
+        &[
+            "spec",
+            "sample",
+            "data",
+            "--start",
+            "2023-01-08",
+            "--end",
+            "2023-01-01",
+        ],
+        root,
+    ));
+    assert!(err.contains("must be before --end"), "{err}");
+    let err = failed(&almanac(
+        &[
+            "spec",
+            "sample",
+            "nowhere",
+            "--start",
+            "2023-01-08",
+            "--end",
+            "yesterday",
+        ],
+        root,
+    ));
+    assert!(err.contains("--end: 'yesterday' is not a time"), "{err}");
+
+    let err = failed(&almanac(
+        &[
+            "spec",
+            "init",
+            "--source",
+            "data/accounts",
+            "--index-column",
+            "userID",
+            "--timestamp-column",
+            "timestamp",
+            "--out",
+            "s2",
+        ],
+        root,
+    ));
+    assert!(err.contains("no column 'userID'"), "{err}");
+    assert!(!root.join("s2").exists());
+
+    let err = failed(&almanac(
+        &["sample-data", "--out", "d2", "--days", "3"],
+        root,
+    ));
+    assert!(err.contains("at least"), "{err}");
+    assert!(!root.join("d2/transactions").exists());
+    let err = failed(&almanac(&["sample-data", "--out", "data"], root));
+    assert!(err.contains("--force"), "{err}");
+
+    let err = failed(&almanac(
+        &["--memory-limit", "lots", "spec", "validate", "data"],
+        root,
+    ));
+    assert!(err.contains("--memory-limit 'lots'"), "{err}");
+}
+
+#[test]
+fn sample_data_is_deterministic_and_labels_are_learnable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let args = [
+        "--accounts",
+        "300",
+        "--transactions",
+        "20000",
+        "--days",
+        "30",
+    ];
+    ok(&almanac(
+        &[&["sample-data", "--out", "a"][..], &args].concat(),
+        root,
+    ));
+    ok(&almanac(
+        &[&["sample-data", "--out", "b"][..], &args].concat(),
+        root,
+    ));
+    for f in [
+        "transactions/part-00000.parquet",
+        "accounts/part-00000.parquet",
+        "observations/train/part-00000.parquet",
+    ] {
+        assert_eq!(
+            std::fs::read(root.join("a").join(f)).unwrap(),
+            std::fs::read(root.join("b").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // Fraud concentrates where the 7-day count is high: compare the label rate of the busiest
+    // quarter of transactions (by 7-day count, computed by the engine) with the rest.
+    let spec = example_spec("transactions", root);
+    std::fs::rename(root.join("a"), root.join("data")).unwrap();
+    ok(&almanac(
+        &[
+            "spec",
+            "sample",
+            spec.to_str().unwrap(),
+            "--start",
+            "2023-01-08",
+            "--end",
+            "2023-01-31",
+            "--output",
+            "f.parquet",
+        ],
+        root,
+    ));
+    let features = result_map(
+        &read_parquet(&root.join("f.parquet")),
+        &["accountID"],
+        "timestamp",
+    );
+    let mut labels = std::collections::BTreeMap::new();
+    for b in read_folder(&root.join("data/transactions")) {
+        let ids = b
+            .column_by_name("accountID")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let ts = cast(b.column_by_name("timestamp").unwrap(), &DataType::Int64).unwrap();
+        let fraud = b
+            .column_by_name("is_fraud")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .clone();
+        for i in 0..b.num_rows() {
+            let key = (
+                vec![Some(ids.value(i).to_string())],
+                ts.as_primitive::<Int64Type>().value(i),
+            );
+            *labels.entry(key).or_insert(0) += fraud.value(i);
+        }
+    }
+    let mut scored: Vec<(f64, i64)> = features
+        .iter()
+        .map(|(k, v)| {
+            (
+                v[3].unwrap_or(0.0),
+                i64::from(labels.get(k).copied().unwrap_or(0) > 0),
+            )
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let quarter = scored.len() / 4;
+    let rate = |s: &[(f64, i64)]| s.iter().map(|x| x.1).sum::<i64>() as f64 / s.len() as f64;
+    let (busy, rest) = (rate(&scored[..quarter]), rate(&scored[quarter..]));
+    assert!(
+        busy > 3.0 * rest,
+        "fraud rate among busy accounts {busy:.4} vs others {rest:.4}"
+    );
+}
+
+#[test]
+fn quickstart_runs_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stdout = ok(&almanac(
+        &["quickstart", "--dir", "qs", "--transactions", "3000"],
+        tmp.path(),
+    ));
+    for expected in [
+        "1. sample data",
+        "3000 transactions",
+        "transactions: ",
+        "accounts: ",
+        "transaction_7d_count",
+        "done in",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected} missing from:\n{stdout}"
+        );
+    }
+    assert!(
+        tmp.path()
+            .join("qs/featuresets/accounts/spec/FeaturesetSpec.yaml")
+            .exists()
+    );
+}

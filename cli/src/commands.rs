@@ -116,17 +116,16 @@ async fn spec_init(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     let target = args.out.join(SPEC_FILE_NAMES[0]);
-    if !args.force {
-        if let Some(existing) = SPEC_FILE_NAMES
+    if !args.force
+        && let Some(existing) = SPEC_FILE_NAMES
             .iter()
             .map(|n| args.out.join(n))
             .find(|p| p.exists())
-        {
-            return Err(CliError::Usage(format!(
-                "{} already exists; pass --force to replace it",
-                existing.display()
-            )));
-        }
+    {
+        return Err(CliError::Usage(format!(
+            "{} already exists; pass --force to replace it",
+            existing.display()
+        )));
     }
     let options = InitOptions {
         source: SourceSpec {

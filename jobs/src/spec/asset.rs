@@ -200,13 +200,13 @@ fn read_materialization(r: &mut Reader, value: &Value) -> Option<Materialization
             &["type", "frequency", "interval", "start_time", "time_zone"],
         )?;
         let kind = r.req_string(sm, &sp, "type");
-        if let Some(k) = &kind {
-            if k != "recurrence" {
-                r.error(
-                    child(&sp, "type"),
-                    format!("expected recurrence, found '{k}'"),
-                );
-            }
+        if let Some(k) = &kind
+            && k != "recurrence"
+        {
+            r.error(
+                child(&sp, "type"),
+                format!("expected recurrence, found '{k}'"),
+            );
         }
         let frequency = r
             .required(sm, &sp, "frequency")

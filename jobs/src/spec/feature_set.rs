@@ -375,10 +375,10 @@ fn read_source(r: &mut Reader, value: &Value) -> Option<SourceSpec> {
         let tm = r.mapping(v, tp, &["name", "format"])?;
         let name = r.req_string(tm, tp, "name");
         let format = r.opt_string(tm, tp, "format");
-        if let Some(f) = &format {
-            if let Err(message) = crate::timestamp::TimestampFormat::parse(Some(f)) {
-                r.error(child(tp, "format"), message);
-            }
+        if let Some(f) = &format
+            && let Err(message) = crate::timestamp::TimestampFormat::parse(Some(f))
+        {
+            r.error(child(tp, "format"), message);
         }
         Some(TimestampColumn {
             name: name?,
@@ -445,13 +445,13 @@ fn read_window_aggregation(r: &mut Reader, value: &Value, p: &str) -> Option<Win
             "window",
         ],
     )?;
-    if let Some(tag) = r.optional(m, "__type__") {
-        if tag.as_str() != Some("window_aggregation") {
-            r.error(
-                child(p, "__type__"),
-                format!("expected window_aggregation, found {}", describe(tag)),
-            );
-        }
+    if let Some(tag) = r.optional(m, "__type__")
+        && tag.as_str() != Some("window_aggregation")
+    {
+        r.error(
+            child(p, "__type__"),
+            format!("expected window_aggregation, found {}", describe(tag)),
+        );
     }
     let feature_name = r.req_string(m, p, "feature_name");
     let aggregation = r
@@ -461,10 +461,10 @@ fn read_window_aggregation(r: &mut Reader, value: &Value, p: &str) -> Option<Win
     let window = r
         .required(m, p, "window")
         .and_then(|v| r.offset(v, &child(p, "window")));
-    if let Some(w) = window {
-        if w.is_zero() {
-            r.error(child(p, "window"), "a window must be longer than zero");
-        }
+    if let Some(w) = window
+        && w.is_zero()
+    {
+        r.error(child(p, "window"), "a window must be longer than zero");
     }
     match aggregation {
         Some(Aggregation::Count) => {}

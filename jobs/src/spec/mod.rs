@@ -344,6 +344,36 @@ fn to_yaml<T: Serialize>(value: &T) -> String {
     serde_yaml::to_string(value).expect("spec types serialize to YAML")
 }
 
+/// Reads a required list of `{name, type}` columns (index columns of specs and entities).
+fn feature_set_columns(
+    r: &mut Reader,
+    map: &serde_yaml::Mapping,
+    key: &str,
+) -> Option<Vec<ColumnSpec>> {
+    let seq = r.required(map, "", key).and_then(|v| r.sequence(v, key))?;
+    if seq.is_empty() {
+        r.error(key, "expected at least one entry");
+        return None;
+    }
+    let items: Vec<Option<ColumnSpec>> = seq
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let p = format!("{key}[{i}]");
+            let m = r.mapping(v, &p, &["name", "type"])?;
+            let name = r.req_string(m, &p, "name");
+            let data_type = r
+                .required(m, &p, "type")
+                .and_then(|v| r.choice(v, &reader::child(&p, "type"), &FeatureType::ALL));
+            Some(ColumnSpec {
+                name: name?,
+                data_type: data_type?,
+            })
+        })
+        .collect();
+    items.into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,34 +419,4 @@ mod tests {
         );
         assert_eq!(FeatureType::for_arrow(&DataType::Decimal128(10, 2)), None);
     }
-}
-
-/// Reads a required list of `{name, type}` columns (index columns of specs and entities).
-fn feature_set_columns(
-    r: &mut Reader,
-    map: &serde_yaml::Mapping,
-    key: &str,
-) -> Option<Vec<ColumnSpec>> {
-    let seq = r.required(map, "", key).and_then(|v| r.sequence(v, key))?;
-    if seq.is_empty() {
-        r.error(key, "expected at least one entry");
-        return None;
-    }
-    let items: Vec<Option<ColumnSpec>> = seq
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let p = format!("{key}[{i}]");
-            let m = r.mapping(v, &p, &["name", "type"])?;
-            let name = r.req_string(m, &p, "name");
-            let data_type = r
-                .required(m, &p, "type")
-                .and_then(|v| r.choice(v, &reader::child(&p, "type"), &FeatureType::ALL));
-            Some(ColumnSpec {
-                name: name?,
-                data_type: data_type?,
-            })
-        })
-        .collect();
-    items.into_iter().collect()
 }

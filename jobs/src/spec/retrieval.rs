@@ -83,22 +83,20 @@ fn read(r: &mut Reader, value: &Value) -> Option<FeatureRetrievalSpec> {
                         let p = format!("{fp}[{j}]");
                         let m = r.mapping(v, &p, &["feature_set", "feature_name", "output_name"])?;
                         let feature_set = r.req_string(m, &p, "feature_set");
-                        if let Some(fs) = &feature_set {
-                            if !matches!(fs.split_once(':'), Some((n, v)) if !n.is_empty() && !v.is_empty() && !v.contains(':')) {
+                        if let Some(fs) = &feature_set
+                            && !matches!(fs.split_once(':'), Some((n, v)) if !n.is_empty() && !v.is_empty() && !v.contains(':')) {
                                 r.error(format!("{p}.feature_set"), format!("expected name:version, found '{fs}'"));
                             }
-                        }
                         let feature_name = r.req_string(m, &p, "feature_name");
                         let output_name = r.opt_string(m, &p, "output_name");
                         let out = output_name.clone().or_else(|| feature_name.clone());
-                        if let Some(out) = out {
-                            if !outputs.insert(out.clone()) {
+                        if let Some(out) = out
+                            && !outputs.insert(out.clone()) {
                                 r.error(
                                     p.clone(),
                                     format!("output name '{out}' is used twice; give one of them an output_name"),
                                 );
                             }
-                        }
                         Some(RetrievalFeature { feature_set: feature_set?, feature_name: feature_name?, output_name })
                     })
                     .collect();

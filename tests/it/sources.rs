@@ -432,16 +432,41 @@ async fn delta_sources_read_the_current_version_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_time_range_is_pushed_into_the_parquet_scan() {
     let tmp = tempfile::tempdir().unwrap();
-    write_parquet(&tmp.path().join("data/x.parquet"), &rows_batch(&["k"], &sample_rows()));
-    let dir = write_spec(&tmp.path().join("spec"), &precomputed("parquet", "../data", None, "double"));
+    write_parquet(
+        &tmp.path().join("data/x.parquet"),
+        &rows_batch(&["k"], &sample_rows()),
+    );
+    let dir = write_spec(
+        &tmp.path().join("spec"),
+        &precomputed("parquet", "../data", None, "double"),
+    );
     let engine = engine(2).await;
     let loaded = almanac_jobs::spec::LoadedSpec::load(&dir).unwrap();
-    let window = almanac_jobs::source::TimeRange { start: t("2023-02-01"), end: t("2023-02-02") };
-    let planned = almanac_jobs::compute::plan_window(&engine, &loaded, window).await.unwrap();
-    let plan = planned.frame.into_optimized_plan().unwrap().display_indent().to_string();
-    let scan = plan.lines().find(|l| l.contains("TableScan")).expect("a table scan");
+    let window = almanac_jobs::source::TimeRange {
+        start: t("2023-02-01"),
+        end: t("2023-02-02"),
+    };
+    let planned = almanac_jobs::compute::plan_window(&engine, &loaded, window)
+        .await
+        .unwrap();
+    let plan = planned
+        .frame
+        .into_optimized_plan()
+        .unwrap()
+        .display_indent()
+        .to_string();
+    let scan = plan
+        .lines()
+        .find(|l| l.contains("TableScan"))
+        .expect("a table scan");
     // The scan carries a filter on the raw timestamp column, so row groups outside the window
     // are skipped by their statistics.
-    assert!(scan.contains("timestamp >= TimestampMicrosecond(1675209600000000"), "{plan}");
-    assert!(scan.contains("timestamp <= TimestampMicrosecond(1675296000000000"), "{plan}");
+    assert!(
+        scan.contains("timestamp >= TimestampMicrosecond(1675209600000000"),
+        "{plan}"
+    );
+    assert!(
+        scan.contains("timestamp <= TimestampMicrosecond(1675296000000000"),
+        "{plan}"
+    );
 }

@@ -240,6 +240,21 @@ impl Source {
                 ),
             ));
         }
+        let mismatch = match (&source.format, &ts_type) {
+            (TimestampFormat::Pattern(p), t) if t.is_integer() => Some(format!(
+                "format '{p}' reads strings, but '{}' is {t}; for epochs use epoch_s, epoch_ms, epoch_us or epoch_ns",
+                spec.timestamp_column.name
+            )),
+            (TimestampFormat::Epoch(_), t) if !t.is_integer() => Some(format!(
+                "format '{}' reads integers, but '{}' is {t}",
+                source.format.to_arg(),
+                spec.timestamp_column.name
+            )),
+            _ => None,
+        };
+        if let Some(message) = mismatch {
+            return Err(source_error(&source.location, message));
+        }
         Ok(source)
     }
 

@@ -302,6 +302,10 @@ async fn missing_sources_and_columns_are_named() {
             precomputed("delta", "../data", None, "double"),
             "is not a Delta Lake table",
         ),
+        (
+            precomputed("parquet", "../data", Some("epoch_ms"), "double"),
+            "format 'epoch_ms' reads integers, but 'timestamp' is Timestamp",
+        ),
     ];
     for (i, (yaml, expected)) in cases.iter().enumerate() {
         let dir = write_spec(&tmp.path().join(format!("spec{i}")), yaml);

@@ -307,7 +307,7 @@ fn read_spec(r: &mut Reader, value: &Value) -> Option<FeatureSetSpec> {
     let source = r
         .required(top, "", "source")
         .and_then(|v| read_source(r, v));
-    let features = read_list(r, top, "features", |r, v, p| {
+    let features = r.list(top, "features", |r, v, p| {
         let m = r.mapping(v, p, &["name", "type", "description"])?;
         let name = r.req_string(m, p, "name");
         let data_type = read_type(r, m, p);
@@ -337,26 +337,6 @@ fn read_spec(r: &mut Reader, value: &Value) -> Option<FeatureSetSpec> {
 fn read_type(r: &mut Reader, m: &Mapping, path: &str) -> Option<FeatureType> {
     let v = r.required(m, path, "type")?;
     r.choice(v, &child(path, "type"), &FeatureType::ALL)
-}
-
-/// Reads a required list field, keeping every element's errors.
-fn read_list<T>(
-    r: &mut Reader,
-    map: &Mapping,
-    key: &str,
-    mut item: impl FnMut(&mut Reader, &Value, &str) -> Option<T>,
-) -> Option<Vec<T>> {
-    let seq = r.required(map, "", key).and_then(|v| r.sequence(v, key))?;
-    if seq.is_empty() {
-        r.error(key, "expected at least one entry");
-        return None;
-    }
-    let items: Vec<Option<T>> = seq
-        .iter()
-        .enumerate()
-        .map(|(i, v)| item(r, v, &format!("{key}[{i}]")))
-        .collect();
-    items.into_iter().collect()
 }
 
 fn read_source(r: &mut Reader, value: &Value) -> Option<SourceSpec> {

@@ -350,28 +350,17 @@ fn feature_set_columns(
     map: &serde_yaml::Mapping,
     key: &str,
 ) -> Option<Vec<ColumnSpec>> {
-    let seq = r.required(map, "", key).and_then(|v| r.sequence(v, key))?;
-    if seq.is_empty() {
-        r.error(key, "expected at least one entry");
-        return None;
-    }
-    let items: Vec<Option<ColumnSpec>> = seq
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let p = format!("{key}[{i}]");
-            let m = r.mapping(v, &p, &["name", "type"])?;
-            let name = r.req_string(m, &p, "name");
-            let data_type = r
-                .required(m, &p, "type")
-                .and_then(|v| r.choice(v, &reader::child(&p, "type"), &FeatureType::ALL));
-            Some(ColumnSpec {
-                name: name?,
-                data_type: data_type?,
-            })
+    r.list(map, key, |r, v, p| {
+        let m = r.mapping(v, p, &["name", "type"])?;
+        let name = r.req_string(m, p, "name");
+        let data_type = r
+            .required(m, p, "type")
+            .and_then(|v| r.choice(v, &reader::child(p, "type"), &FeatureType::ALL));
+        Some(ColumnSpec {
+            name: name?,
+            data_type: data_type?,
         })
-        .collect();
-    items.into_iter().collect()
+    })
 }
 
 #[cfg(test)]

@@ -264,6 +264,29 @@ impl Reader {
         );
         None
     }
+
+    /// A required, non-empty list field of the top-level mapping; every element is read (and
+    /// its errors kept) even when an earlier one fails.
+    pub(crate) fn list<T>(
+        &mut self,
+        map: &Mapping,
+        key: &str,
+        mut item: impl FnMut(&mut Reader, &Value, &str) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let seq = self
+            .required(map, "", key)
+            .and_then(|v| self.sequence(v, key))?;
+        if seq.is_empty() {
+            self.error(key, "expected at least one entry");
+            return None;
+        }
+        let items: Vec<Option<T>> = seq
+            .iter()
+            .enumerate()
+            .map(|(i, v)| item(self, v, &format!("{key}[{i}]")))
+            .collect();
+        items.into_iter().collect()
+    }
 }
 
 fn path_or_root(path: &str) -> String {

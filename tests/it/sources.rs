@@ -259,6 +259,26 @@ async fn error_of(engine: &almanac_jobs::engine::Engine, dir: &Path) -> String {
         .to_string()
 }
 
+/// Runs each `(spec yaml, expected error text)` case in its own spec folder under `root` and
+/// returns the errors, having checked each contains its expected text.
+async fn failing_cases(
+    engine: &almanac_jobs::engine::Engine,
+    root: &Path,
+    cases: &[(String, &str)],
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (i, (yaml, expected)) in cases.iter().enumerate() {
+        let dir = write_spec(&root.join(format!("spec{i}")), yaml);
+        let err = error_of(engine, &dir).await;
+        assert!(
+            err.contains(expected),
+            "case {i}: expected '{expected}' in:\n{err}"
+        );
+        errors.push(err);
+    }
+    errors
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_sources_and_columns_are_named() {
     let tmp = tempfile::tempdir().unwrap();
@@ -307,14 +327,7 @@ async fn missing_sources_and_columns_are_named() {
             "format 'epoch_ms' reads integers, but 'timestamp' is Timestamp",
         ),
     ];
-    for (i, (yaml, expected)) in cases.iter().enumerate() {
-        let dir = write_spec(&tmp.path().join(format!("spec{i}")), yaml);
-        let err = error_of(&engine, &dir).await;
-        assert!(
-            err.contains(expected),
-            "case {i}: expected '{expected}' in:\n{err}"
-        );
-    }
+    failing_cases(&engine, tmp.path(), &cases).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,13 +383,11 @@ async fn bad_sql_and_dsl_columns_are_reported_against_the_spec() {
             "declared long but the transformation produces double",
         ),
     ];
-    for (i, (yaml, expected)) in cases.iter().enumerate() {
-        let dir = write_spec(&tmp.path().join(format!("spec{i}")), yaml);
-        let err = error_of(&engine, &dir).await;
-        assert!(
-            err.contains(expected),
-            "case {i}: expected '{expected}' in:\n{err}"
-        );
+    for (i, err) in failing_cases(&engine, tmp.path(), &cases)
+        .await
+        .iter()
+        .enumerate()
+    {
         assert!(
             err.contains("FeatureSetSpec.yaml"),
             "case {i}: the spec file is named:\n{err}"

@@ -7,20 +7,29 @@ use std::time::Instant;
 use almanac_jobs::compute::{plan_window, sample};
 use almanac_jobs::engine::{Engine, EngineConfig};
 use almanac_jobs::init::{InitOptions, infer_spec};
+use almanac_jobs::retrieve::{
+    FeatureRequest, RetrieveOptions, RetrieveSummary, parse_feature_list, parse_local,
+    requests_from_spec,
+};
 use almanac_jobs::sample_data::{SampleDataOptions, generate};
 use almanac_jobs::source::TimeRange;
 use almanac_jobs::spec::{
-    LoadedSpec, Offset, SPEC_FILE_NAMES, SourceKind, SourceSpec, TimestampColumn, Transformation,
-    write_atomic,
+    FeatureRetrievalSpec, LoadedSpec, Offset, SPEC_FILE_NAMES, SourceKind, SourceSpec,
+    TimestampColumn, Transformation, write_atomic,
 };
 use almanac_jobs::time::{format_instant, parse_instant};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 
 use crate::{
-    Cli, CliError, Command, EngineArgs, InitArgs, SampleArgs, SampleDataArgs, SourceKindArg,
-    SpecCommand,
+    Cli, CliError, Command, EngineArgs, InitArgs, ObservationFormat, RetrieveArgs, SampleArgs,
+    SampleDataArgs, SourceKindArg, SpecCommand,
 };
+
+/// The features the quickstart retrieves, as the tutorial's training step does.
+const QUICKSTART_FEATURES: &str = "transactions:local:transaction_amount_7d_sum,\
+transactions:local:transaction_amount_3d_avg,transactions:local:transaction_7d_count,\
+accounts:local:accountAge,accounts:local:isUserRegistered,accounts:local:numPaymentRejects1dPerUser";
 
 /// Rows printed by `spec sample` when no --limit is given.
 const DEFAULT_PRINT_LIMIT: usize = 20;
@@ -36,6 +45,7 @@ pub(crate) async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Spec(SpecCommand::Init(args)) => spec_init(config, &args, out).await,
         Command::Spec(SpecCommand::Validate { dir }) => spec_validate(config, &dir, out).await,
         Command::Spec(SpecCommand::Sample(args)) => spec_sample(config, &args, out).await,
+        Command::Retrieve(args) => retrieve(config, &args, out).await,
     }
 }
 
@@ -350,6 +360,28 @@ async fn quickstart(
     }
     writeln!(
         out,
+        "\n4. training data: features joined point-in-time onto observations"
+    )?;
+    let training = dir.join("training-data");
+    let mut local = std::collections::BTreeMap::new();
+    for (name, spec_dir) in &spec_dirs {
+        local.insert(name.clone(), spec_dir.clone());
+    }
+    let options = RetrieveOptions {
+        requests: parse_feature_list(QUICKSTART_FEATURES)?,
+        local,
+        observations: data.join("observations/train").display().to_string(),
+        observations_format: None,
+        timestamp_column: "timestamp".to_string(),
+        timestamp_format: None,
+        output: training.clone(),
+        overwrite: true,
+        rows_per_file: almanac_jobs::retrieve::DEFAULT_ROWS_PER_FILE,
+    };
+    let summary = almanac_jobs::retrieve::retrieve(&engine, &options).await?;
+    print_retrieval(&summary, "   ", out)?;
+    writeln!(
+        out,
         "\ndone in {:.1}s. Next:",
         began.elapsed().as_secs_f64()
     )?;
@@ -364,5 +396,79 @@ async fn quickstart(
         "   almanac spec validate {}",
         dir.join("featuresets/accounts/spec").display()
     )?;
+    writeln!(
+        out,
+        "   almanac retrieve --spec {} --observations {} --timestamp-column timestamp --output inference-data",
+        training.display(),
+        data.join("observations/batch_inference").display()
+    )?;
+    Ok(())
+}
+
+fn retrieve_options(args: &RetrieveArgs) -> Result<RetrieveOptions, CliError> {
+    let mut local = std::collections::BTreeMap::new();
+    for l in &args.local {
+        let (name, dir) = parse_local(l)?;
+        if local.insert(name.clone(), dir).is_some() {
+            return Err(CliError::Usage(format!("--local {name} is given twice")));
+        }
+    }
+    let mut requests: Vec<FeatureRequest> = Vec::new();
+    if let Some(spec) = &args.spec {
+        let spec = FeatureRetrievalSpec::load(spec)?;
+        requests.extend(requests_from_spec(&spec, &mut local)?);
+    }
+    for f in &args.features {
+        requests.extend(parse_feature_list(f)?);
+    }
+    Ok(RetrieveOptions {
+        requests,
+        local,
+        observations: args.observations.clone(),
+        observations_format: args.observations_format.map(|f| match f {
+            ObservationFormat::Parquet => SourceKind::Parquet,
+            ObservationFormat::Csv => SourceKind::Csv,
+        }),
+        timestamp_column: args.timestamp_column.clone(),
+        timestamp_format: args.timestamp_format.clone(),
+        output: args.output.clone(),
+        overwrite: args.overwrite,
+        rows_per_file: args.rows_per_file,
+    })
+}
+
+async fn retrieve(
+    config: EngineConfig,
+    args: &RetrieveArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let options = retrieve_options(args)?;
+    let engine = engine(config).await?;
+    let summary = almanac_jobs::retrieve::retrieve(&engine, &options).await?;
+    print_retrieval(&summary, "", out)
+}
+
+fn print_retrieval(s: &RetrieveSummary, indent: &str, out: &mut dyn Write) -> Result<(), CliError> {
+    let secs = s.elapsed.as_secs_f64();
+    writeln!(
+        out,
+        "{indent}retrieved {} observation rows -> {} ({} file(s)) in {secs:.2}s ({:.0} rows/s)",
+        s.rows_in,
+        s.output.display(),
+        s.files,
+        s.rows_in as f64 / secs.max(1e-9)
+    )?;
+    writeln!(
+        out,
+        "{indent}  rows in {}, rows out {}",
+        s.rows_in, s.rows_out
+    )?;
+    for (set, matched) in &s.matches {
+        writeln!(
+            out,
+            "{indent}  {set}: {matched} of {} rows matched a feature row",
+            s.rows_in
+        )?;
+    }
     Ok(())
 }

@@ -71,6 +71,51 @@ pub enum Command {
     /// Work with feature set specs locally.
     #[command(subcommand)]
     Spec(SpecCommand),
+    /// Join features point-in-time onto observation rows and write them as parquet.
+    Retrieve(RetrieveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RetrieveArgs {
+    /// Features to retrieve, as set:version:feature, each optionally renamed with =NAME;
+    /// comma-separated, and the flag may be repeated.
+    #[arg(long, value_delimiter = ',')]
+    pub features: Vec<String>,
+    /// Folder holding feature_retrieval_spec.yaml (or the file); its features come first.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Make the spec in DIR available as feature set NAME, version `local`: NAME=DIR. Repeatable.
+    #[arg(long = "local", value_name = "NAME=DIR")]
+    pub local: Vec<String>,
+    /// Observation rows: a parquet or csv file, folder or glob (local path, file://, s3://, az://,
+    /// abfss://, gs://).
+    #[arg(long)]
+    pub observations: String,
+    /// Format of the observations (default: from the file extension, else parquet).
+    #[arg(long, value_enum)]
+    pub observations_format: Option<ObservationFormat>,
+    /// The observations' time column: each row gets the feature values known at this time.
+    #[arg(long)]
+    pub timestamp_column: String,
+    /// Format of a string or integer time column (e.g. '%Y-%m-%d %H:%M:%S', epoch_ms; default:
+    /// ISO 8601 strings, integers as epoch seconds).
+    #[arg(long)]
+    pub timestamp_format: Option<String>,
+    /// Output folder; gets data/part-*.parquet and feature_retrieval_spec.yaml.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Replace the output folder if it exists (only once the new result is complete).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Rows per output file.
+    #[arg(long, default_value_t = almanac_jobs::retrieve::DEFAULT_ROWS_PER_FILE)]
+    pub rows_per_file: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ObservationFormat {
+    Parquet,
+    Csv,
 }
 
 #[derive(Debug, Args)]

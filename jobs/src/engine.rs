@@ -18,6 +18,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::error::{EngineResultExt, Result};
+use crate::planner::AlmanacQueryPlanner;
 use crate::storage::AlmanacObjectStores;
 use crate::timestamp::{ParseTimestamp, TimestampCheck};
 
@@ -53,7 +54,15 @@ pub fn almanac_session_state(config: &EngineConfig) -> Result<SessionState> {
         .with_ballista_standalone_parallelism(config.parallelism.max(1))
         // Feature store columns are camelCase (accountID); user SQL must match names as written.
         .set_bool("datafusion.sql_parser.enable_ident_normalization", false)
-        .with_information_schema(false);
+        // Almanac's jobs are planned once, statically: adaptive re-planning rewrites stages
+        // between runs, and its recovery from a lost executor is unproven (DESIGN.md §2).
+        .set_bool(
+            ballista_core::config::BALLISTA_ADAPTIVE_PLANNER_ENABLED,
+            false,
+        )
+        .with_information_schema(false)
+        .with_ballista_logical_extension_codec(crate::codec::logical_codec())
+        .with_ballista_physical_extension_codec(crate::codec::physical_codec());
     let mut runtime =
         RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(AlmanacObjectStores::new()));
     if let Some(limit) = config.memory_limit {
@@ -67,6 +76,8 @@ pub fn almanac_session_state(config: &EngineConfig) -> Result<SessionState> {
         .with_config(session_config)
         .with_runtime_env(runtime)
         .with_scalar_functions(vec![ParseTimestamp::udf(), TimestampCheck::udf()])
+        // The scheduler plans with this state; the client swaps in Ballista's planner.
+        .with_query_planner(Arc::new(AlmanacQueryPlanner))
         .build();
     Ok(state)
 }

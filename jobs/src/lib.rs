@@ -5,11 +5,17 @@
 //! [`compute`]) on the Ballista engine ([`engine`]), and generating tutorial-shaped sample data
 //! ([`sample_data`]).
 
+pub mod asof_join;
+pub mod codec;
 pub mod compute;
 mod delta;
 pub mod engine;
 pub mod error;
 pub mod init;
+pub mod ordered_table;
+pub mod part_writer;
+pub mod planner;
+pub mod retrieve;
 pub mod sample_data;
 pub mod source;
 pub mod spec;

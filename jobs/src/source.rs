@@ -24,6 +24,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use futures::TryStreamExt;
 
 use crate::error::{EngineResultExt, JobsError, Result};
+use crate::ordered_table::OrderedFileTable;
 use crate::spec::{SourceKind, SourceSpec};
 use crate::timestamp::{
     PARSE_ERROR_MARKER, ParseTimestamp, TimestampCheck, TimestampFormat, is_timestamp_capable,
@@ -42,6 +43,8 @@ pub struct SourceLocation {
     /// What users see in messages: the path as resolved (absolute for local files).
     pub display: String,
     pub urls: Vec<ListingTableUrl>,
+    /// The text `urls[0]` was parsed from, glob included.
+    pub text: String,
     /// Only files with this extension are read from a folder.
     pub extension: String,
 }
@@ -91,7 +94,7 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-async fn locate(
+pub(crate) async fn locate(
     ctx: &SessionContext,
     spec: &SourceSpec,
     base_dir: &Path,
@@ -137,6 +140,7 @@ async fn locate(
         return Ok(SourceLocation {
             display,
             urls: vec![url],
+            text: url_text,
             extension,
         });
     }
@@ -163,6 +167,7 @@ async fn locate(
     Ok(SourceLocation {
         display,
         urls: vec![url],
+        text: url_text,
         extension,
     })
 }
@@ -173,7 +178,14 @@ fn format_for(
     kind: SourceKind,
     state: &datafusion::execution::SessionState,
 ) -> Arc<dyn FileFormat> {
-    let options = state.table_options();
+    format_with(kind, state.table_options())
+}
+
+/// The file format for `kind` with the given table options (csv files have a header).
+pub(crate) fn format_with(
+    kind: SourceKind,
+    options: &datafusion::common::config::TableOptions,
+) -> Arc<dyn FileFormat> {
     match kind {
         SourceKind::Csv => Arc::new(
             CsvFormat::default()
@@ -198,6 +210,31 @@ pub struct Source {
 impl Source {
     /// Opens the source and checks that its timestamp column exists and can hold timestamps.
     pub async fn open(ctx: &SessionContext, spec: &SourceSpec, base_dir: &Path) -> Result<Source> {
+        Source::open_with(ctx, spec, base_dir, false).await
+    }
+
+    /// Like [`Source::open`], but read as one partition with files in path order and rows in
+    /// file order ([`OrderedFileTable`]), for data whose row order is part of the contract.
+    pub async fn open_ordered(
+        ctx: &SessionContext,
+        spec: &SourceSpec,
+        base_dir: &Path,
+    ) -> Result<Source> {
+        if spec.kind == SourceKind::Delta {
+            return Err(source_error(
+                &spec.path,
+                "only parquet and csv files can be read in order",
+            ));
+        }
+        Source::open_with(ctx, spec, base_dir, true).await
+    }
+
+    async fn open_with(
+        ctx: &SessionContext,
+        spec: &SourceSpec,
+        base_dir: &Path,
+        ordered: bool,
+    ) -> Result<Source> {
         let location = locate(ctx, spec, base_dir).await?;
         let (urls, extension) = if spec.kind == SourceKind::Delta {
             (
@@ -208,19 +245,34 @@ impl Source {
             (location.urls.clone(), location.extension.clone())
         };
         let state = ctx.state();
-        let options =
-            ListingOptions::new(format_for(spec.kind, &state)).with_file_extension(extension);
+        let options = ListingOptions::new(format_for(spec.kind, &state))
+            .with_file_extension(extension.clone());
         let schema = options
             .infer_schema(&state, &urls[0])
             .await
             .map_err(|e| source_error(&location.display, format!("cannot read its schema: {e}")))?;
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .with_schema(schema);
-        let table = ListingTable::try_new(config)
-            .map_err(|e| source_error(&location.display, e.to_string()))?;
+        let provider: Arc<dyn datafusion::catalog::TableProvider> = if ordered {
+            Arc::new(
+                OrderedFileTable::try_new(
+                    &location.text,
+                    &extension,
+                    spec.kind,
+                    schema,
+                    state.table_options(),
+                )
+                .map_err(|e| source_error(&location.display, e.to_string()))?,
+            )
+        } else {
+            let config = ListingTableConfig::new_with_multi_paths(urls)
+                .with_listing_options(options)
+                .with_schema(schema);
+            Arc::new(
+                ListingTable::try_new(config)
+                    .map_err(|e| source_error(&location.display, e.to_string()))?,
+            )
+        };
         let table = ctx
-            .read_table(Arc::new(table))
+            .read_table(provider)
             .context(|| format!("cannot read source {}", location.display))?;
         let format = TimestampFormat::parse(spec.timestamp_column.format.as_deref())
             .map_err(|m| source_error(&location.display, m))?;
@@ -338,7 +390,13 @@ impl Source {
         ))
     }
 
-    fn parsed_ts(&self) -> Expr {
+    /// The source's rows as stored, unfiltered.
+    pub fn table(&self) -> DataFrame {
+        self.table.clone()
+    }
+
+    /// The timestamp column read as instants (`Timestamp(µs, UTC)`).
+    pub fn parsed_ts(&self) -> Expr {
         ParseTimestamp::udf().call(vec![ident(self.ts_name()), lit(self.format.to_arg())])
     }
 

@@ -5,12 +5,11 @@ use std::sync::Mutex;
 
 use clap::Parser;
 
-use almanac_tests::fixtures::{DAY, result_map, t};
+use almanac_tests::fixtures::{DAY, read_folder, read_parquet, result_map, t};
 use almanac_tests::oracle::{Agg, SourceRow, assert_same, window_features};
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// What a run of the CLI printed.
 struct Output {
@@ -69,25 +68,6 @@ fn ok(out: &Output) -> String {
 fn failed(out: &Output) -> String {
     assert!(!out.success, "almanac should have failed:\n{}", out.stdout);
     out.stderr.clone()
-}
-
-fn read_parquet(path: &Path) -> Vec<RecordBatch> {
-    let file = std::fs::File::open(path).unwrap();
-    ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(|b| b.unwrap())
-        .collect()
-}
-
-fn read_folder(dir: &Path) -> Vec<RecordBatch> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files.iter().flat_map(|f| read_parquet(f)).collect()
 }
 
 fn example_spec(name: &str, to: &Path) -> PathBuf {

@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod retrieve;
 mod sources;
 mod specs;
 mod windows;

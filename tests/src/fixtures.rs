@@ -111,3 +111,24 @@ pub fn result_map(
     }
     out
 }
+
+/// Reads a parquet file.
+pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
+    let file = std::fs::File::open(path).unwrap();
+    datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+/// Reads every file of a folder, in file name order.
+pub fn read_folder(dir: &Path) -> Vec<RecordBatch> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.iter().flat_map(|f| read_parquet(f)).collect()
+}

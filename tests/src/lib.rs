@@ -7,3 +7,4 @@
 
 pub mod fixtures;
 pub mod oracle;
+pub mod pit_oracle;

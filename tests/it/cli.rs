@@ -490,6 +490,8 @@ fn quickstart_runs_end_to_end() {
         "transactions: ",
         "accounts: ",
         "transaction_7d_count",
+        "4. training data",
+        "transactions:local: ",
         "done in",
     ] {
         assert!(
@@ -502,4 +504,123 @@ fn quickstart_runs_end_to_end() {
             .join("qs/featuresets/accounts/spec/FeaturesetSpec.yaml")
             .exists()
     );
+    assert!(
+        tmp.path()
+            .join("qs/training-data/feature_retrieval_spec.yaml")
+            .exists()
+    );
+}
+
+#[test]
+fn retrieve_writes_training_data_and_its_spec_retrieves_inference_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    ok(&almanac(
+        &[
+            "sample-data",
+            "--out",
+            "data",
+            "--transactions",
+            "4000",
+            "--accounts",
+            "200",
+        ],
+        root,
+    ));
+    let tx = example_spec("transactions", root);
+    let accounts = example_spec("accounts", root);
+    let local_tx = format!("transactions={}", tx.display());
+    let local_accounts = format!("accounts={}", accounts.display());
+    let stdout = ok(&almanac(
+        &[
+            "--parallelism",
+            "3",
+            "retrieve",
+            "--local",
+            &local_tx,
+            "--local",
+            &local_accounts,
+            "--features",
+            "accounts:local:accountAge,transactions:local:transaction_amount_7d_sum",
+            "--features",
+            "transactions:local:transaction_7d_count=tx_count_7d",
+            "--observations",
+            "data/observations/train",
+            "--timestamp-column",
+            "timestamp",
+            "--output",
+            "train",
+            "--rows-per-file",
+            "1000",
+        ],
+        root,
+    ));
+    let train = read_folder(&root.join("train/data"));
+    let rows: usize = train.iter().map(|b| b.num_rows()).sum();
+    for expected in [
+        format!("retrieved {rows} observation rows"),
+        format!("rows in {rows}, rows out {rows}"),
+        "accounts:local: ".to_string(),
+        "transactions:local: ".to_string(),
+    ] {
+        assert!(
+            stdout.contains(&expected),
+            "{expected} missing from:\n{stdout}"
+        );
+    }
+    let schema = train[0].schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "transactionID",
+            "accountID",
+            "transactionAmount",
+            "timestamp",
+            "is_fraud",
+            "accountAge",
+            "transaction_amount_7d_sum",
+            "tx_count_7d"
+        ]
+    );
+    assert!(rows > 1000 && std::fs::read_dir(root.join("train/data")).unwrap().count() > 1);
+
+    // The written spec carries the local sets' folders: batch inference needs nothing else.
+    let stdout = ok(&almanac(
+        &[
+            "retrieve",
+            "--spec",
+            "train",
+            "--observations",
+            "data/observations/batch_inference/*.parquet",
+            "--timestamp-column",
+            "timestamp",
+            "--output",
+            "inference",
+        ],
+        root,
+    ));
+    assert!(stdout.contains("retrieved"), "{stdout}");
+    let inference = read_folder(&root.join("inference/data"));
+    let schema = inference[0].schema();
+    assert!(schema.field_with_name("tx_count_7d").is_ok());
+    assert!(schema.field_with_name("is_fraud").is_err());
+
+    // Bad input through the CLI: a clear message and no output.
+    let err = failed(&almanac(
+        &[
+            "retrieve",
+            "--features",
+            "transactions:local",
+            "--observations",
+            "data/observations/train",
+            "--timestamp-column",
+            "timestamp",
+            "--output",
+            "never",
+        ],
+        root,
+    ));
+    assert!(err.contains("is not a feature reference"), "{err}");
+    assert!(!root.join("never").exists());
 }

@@ -1,5 +1,6 @@
 //! Almanac's integration tests: one binary, one module per area.
 
+mod asof;
 mod cli;
 mod common;
 mod retrieve;

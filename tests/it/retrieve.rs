@@ -591,3 +591,289 @@ async fn random_retrievals_match_the_oracle_and_are_byte_identical_across_partit
         }
     }
 }
+
+fn hidden_leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect()
+}
+
+/// Observations whose time column is written as text, in each column of `texts`.
+fn write_text_times(path: &Path, acct: &str, texts: &[&str]) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("obs_id", DataType::Int64, false),
+        Field::new("acct", DataType::Utf8, true),
+        Field::new("event_time", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..texts.len() as i64)),
+            Arc::new(StringArray::from_iter_values(texts.iter().map(|_| acct))),
+            Arc::new(StringArray::from_iter_values(texts.iter().copied())),
+        ],
+    )
+    .unwrap();
+    write_parquet(path, &batch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observation_times_in_any_common_form_mean_the_same_instant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let t0 = t("2024-03-10 12:00");
+    // One row per minute before and after 12:00 UTC, valued by its minute offset.
+    let set = SetDef {
+        name: "a",
+        keys: vec![("acct", "string")],
+        features: vec![("v", "long")],
+        lookback_minutes: None,
+        delay_minutes: 0,
+        rows: (-3..=3)
+            .map(|m| row("x", t0 + m * MINUTE, Some(m)))
+            .collect(),
+    };
+    let spec = write_set(root, &set);
+    let engine = engine(2).await;
+    let expect_noon = |out: &Path, n: usize| {
+        let b = output(out);
+        assert_eq!(b.num_rows(), n);
+        for r in 0..n {
+            assert_eq!(value(&b, "v", r), Value::Int(Some(0)), "row {r}");
+        }
+    };
+
+    // Strings: naive (read as UTC), UTC, with an offset, and with a date-only minute-free form.
+    write_text_times(
+        &root.join("text/obs.parquet"),
+        "x",
+        &[
+            "2024-03-10 12:00:00",
+            "2024-03-10T12:00:00Z",
+            "2024-03-10T14:00:00+02:00",
+            "2024-03-10T07:00:30-05:00",
+        ],
+    );
+    let out = root.join("out_text");
+    run(
+        &engine,
+        &options(&root.join("text"), &[("a", &spec)], "a:local:v", &out),
+    )
+    .await;
+    expect_noon(&out, 4);
+
+    // Epoch integers (seconds by default, or as told) and a naive millisecond timestamp column.
+    let secs = t0 / 1_000_000;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("acct", DataType::Utf8, false),
+        Field::new("event_time", DataType::Int64, false),
+        Field::new(
+            "naive_ms",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec!["x", "x"])),
+            Arc::new(Int64Array::from(vec![secs, secs + 59])),
+            Arc::new(datafusion::arrow::array::TimestampMillisecondArray::from(
+                vec![t0 / 1000, t0 / 1000 + 59_999],
+            )),
+        ],
+    )
+    .unwrap();
+    write_parquet(&root.join("epoch/obs.parquet"), &batch);
+    let out = root.join("out_epoch");
+    run(
+        &engine,
+        &options(&root.join("epoch"), &[("a", &spec)], "a:local:v", &out),
+    )
+    .await;
+    expect_noon(&out, 2);
+    let out = root.join("out_naive");
+    let mut o = options(&root.join("epoch"), &[("a", &spec)], "a:local:v", &out);
+    o.timestamp_column = "naive_ms".to_string();
+    run(&engine, &o).await;
+    expect_noon(&out, 2);
+    let out = root.join("out_epoch_ms");
+    let mut o = options(&root.join("epoch"), &[("a", &spec)], "a:local:v", &out);
+    o.timestamp_format = Some("epoch_ms".to_string());
+    run(&engine, &o).await;
+    let b = output(&out);
+    // Read as milliseconds, the same numbers are in January 1970: before every feature row.
+    assert_eq!(value(&b, "v", 0), Value::Int(None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_fails_clearly_and_leaves_no_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let t0 = t("2024-03-10 12:00");
+    let a = write_set(
+        root,
+        &SetDef {
+            name: "a",
+            keys: vec![("acct", "string")],
+            features: vec![("fa_long", "long"), ("fa_str", "string")],
+            lookback_minutes: Some(60),
+            delay_minutes: 0,
+            rows: vec![FeatureRow {
+                keys: vec![s("x")],
+                ts: t0,
+                created: None,
+                values: vec![Value::Int(Some(1)), Value::Str(s("one"))],
+            }],
+        },
+    );
+    let b = write_set(
+        root,
+        &SetDef {
+            name: "b",
+            keys: vec![("acct", "string"), ("shop", "string")],
+            features: vec![("fa_long", "long")],
+            lookback_minutes: Some(60),
+            delay_minutes: 10,
+            rows: vec![],
+        },
+    );
+    let obs = root.join("obs");
+    write_observations(
+        &obs,
+        &[Obs {
+            acct: s("x"),
+            merchant: Some(1),
+            t: t0,
+        }],
+        1,
+    );
+    write_text_times(
+        &root.join("bad_times/obs.parquet"),
+        "x",
+        &["2024-03-10 12:00:00", "yesterday", "soon"],
+    );
+    let engine = engine(2).await;
+    let out = root.join("out");
+    let sets: [(&str, &Path); 2] = [("a", &a), ("b", &b)];
+    let cases: Vec<(&str, RetrieveOptions, &str)> = vec![
+        (
+            "unknown set",
+            options(&obs, &sets, "nope:local:fa_long", &out),
+            "unknown feature set nope:local; known feature sets: a:local, b:local",
+        ),
+        (
+            "registered version",
+            options(&obs, &sets, "a:1:fa_long", &out),
+            "unknown feature set a:1",
+        ),
+        (
+            "unknown feature",
+            options(&obs, &sets, "a:local:nope", &out),
+            "feature set a:local has no feature 'nope'; its features are: fa_long, fa_str",
+        ),
+        (
+            "same output twice",
+            options(&obs, &sets, "a:local:fa_long,a:local:fa_long", &out),
+            "output name 'fa_long' is requested twice",
+        ),
+        (
+            "collision with an observation column",
+            options(&obs, &sets, "a:local:fa_long=label", &out),
+            "would be written as 'label', which is already a column of the observations",
+        ),
+        (
+            "missing index column",
+            options(&obs, &sets, "a:local:fa_str,b:local:fa_long=b_long", &out),
+            "there is no column 'shop', an index column of feature set b:local",
+        ),
+        (
+            "missing timestamp column",
+            {
+                let mut o = options(&obs, &sets, "a:local:fa_long", &out);
+                o.timestamp_column = "when".to_string();
+                o
+            },
+            "has no column 'when'; its columns are: obs_id, acct, merchant, event_time, label",
+        ),
+        (
+            "unreadable timestamp type",
+            {
+                let mut o = options(&obs, &sets, "a:local:fa_long", &out);
+                o.timestamp_column = "label".to_string();
+                o
+            },
+            "timestamp column 'label' is Float64",
+        ),
+        (
+            "unreadable timestamps",
+            options(&root.join("bad_times"), &sets, "a:local:fa_long", &out),
+            "2 row(s) in the window have a timestamp in column 'event_time' that cannot be read",
+        ),
+        (
+            "missing observations",
+            options(&root.join("nowhere"), &sets, "a:local:fa_long", &out),
+            "does not exist",
+        ),
+        (
+            "no features",
+            options(&obs, &sets, "", &out),
+            "no features requested",
+        ),
+    ];
+    for (what, o, expected) in cases {
+        let error = match retrieve(&engine, &o).await {
+            Ok(_) => panic!("{what}: retrieve should have failed"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            error.contains(expected),
+            "{what}: expected '{expected}' in:\n{error}"
+        );
+        assert!(!out.exists(), "{what}: an output folder was left behind");
+        assert!(
+            hidden_leftovers(root).is_empty(),
+            "{what}: staging left behind"
+        );
+    }
+
+    // A lookback shorter than the delay could never match anything.
+    let short = write_set(
+        &root.join("short"),
+        &SetDef {
+            name: "s",
+            keys: vec![("acct", "string")],
+            features: vec![("v", "long")],
+            lookback_minutes: Some(5),
+            delay_minutes: 10,
+            rows: vec![],
+        },
+    );
+    let error = retrieve(&engine, &options(&obs, &[("s", &short)], "s:local:v", &out))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("temporal_join_lookback (5m) is shorter than its source_delay (10m)"),
+        "{error}"
+    );
+    assert!(!out.exists());
+
+    // An existing output folder is kept unless --overwrite, and then replaced whole.
+    std::fs::create_dir_all(out.join("data")).unwrap();
+    std::fs::write(out.join("data/old.parquet"), b"old").unwrap();
+    let error = retrieve(&engine, &options(&obs, &sets, "a:local:fa_long", &out))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("already exists"), "{error}");
+    assert!(out.join("data/old.parquet").exists());
+    let mut o = options(&obs, &sets, "a:local:fa_long", &out);
+    o.overwrite = true;
+    run(&engine, &o).await;
+    assert!(!out.join("data/old.parquet").exists());
+    assert_eq!(value(&output(&out), "fa_long", 0), Value::Int(Some(1)));
+    assert!(hidden_leftovers(root).is_empty());
+}

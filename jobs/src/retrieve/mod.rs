@@ -96,6 +96,7 @@ pub async fn retrieve(engine: &Engine, options: &RetrieveOptions) -> Result<Retr
         .map_err(|e| JobsError::io("cannot resolve", &options.output, e))?;
     staging::check_target(&output, options.overwrite)?;
     let sets = request::resolve(&options.requests, &options.local)?;
+    check_windows(&sets)?;
 
     let ctx = engine.session();
     let kind = observation_kind(&options.observations, options.observations_format);
@@ -291,6 +292,31 @@ pub async fn retrieve(engine: &Engine, options: &RetrieveOptions) -> Result<Retr
         "retrieval written"
     );
     Ok(summary)
+}
+
+/// Rejects feature sets whose join window `[t − lookback, t − delay]` is empty.
+fn check_windows(sets: &[ResolvedSet]) -> Result<()> {
+    let problems: Vec<String> = sets
+        .iter()
+        .filter_map(|set| {
+            let spec = &set.loaded.spec;
+            let lookback = spec.temporal_join_lookback?;
+            (lookback.micros() < spec.source_delay().micros()).then(|| {
+                format!(
+                    "feature set {} ({}): its temporal_join_lookback ({lookback}) is shorter than \
+                     its source_delay ({}), so no feature row could ever be joined; lengthen the lookback",
+                    set.reference,
+                    set.loaded.file.display(),
+                    spec.source_delay()
+                )
+            })
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(JobsError::InvalidInput(problems.join("\n")))
+    }
 }
 
 /// How an index column of a feature set is read from the observations.

@@ -22,8 +22,8 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 
 use crate::{
-    Cli, CliError, Command, EngineArgs, InitArgs, ObservationFormat, RetrieveArgs, SampleArgs,
-    SampleDataArgs, SourceKindArg, SpecCommand,
+    BenchCommand, BenchRetrieveArgs, Cli, CliError, Command, EngineArgs, InitArgs,
+    ObservationFormat, RetrieveArgs, SampleArgs, SampleDataArgs, SourceKindArg, SpecCommand,
 };
 
 /// The features the quickstart retrieves, as the tutorial's training step does.
@@ -46,6 +46,7 @@ pub(crate) async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Spec(SpecCommand::Validate { dir }) => spec_validate(config, &dir, out).await,
         Command::Spec(SpecCommand::Sample(args)) => spec_sample(config, &args, out).await,
         Command::Retrieve(args) => retrieve(config, &args, out).await,
+        Command::Bench(BenchCommand::Retrieve(args)) => bench_retrieve(config, &args, out).await,
     }
 }
 
@@ -101,6 +102,7 @@ fn sample_data(args: &SampleDataArgs, out: &mut dyn Write) -> Result<(), CliErro
         days: args.days,
         seed: args.seed,
         start,
+        ..SampleDataOptions::default()
     };
     let began = Instant::now();
     let s = generate(&args.out, &options, args.force)?;
@@ -469,6 +471,64 @@ fn print_retrieval(s: &RetrieveSummary, indent: &str, out: &mut dyn Write) -> Re
             "{indent}  {set}: {matched} of {} rows matched a feature row",
             s.rows_in
         )?;
+    }
+    Ok(())
+}
+
+async fn bench_retrieve(
+    config: EngineConfig,
+    args: &BenchRetrieveArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    use almanac_jobs::bench::{RetrieveBenchScale, prepare, run};
+    let scale = RetrieveBenchScale {
+        observations: args.observations,
+        transactions: args.transactions,
+        accounts: args.accounts,
+        days: args.days,
+        seed: args.seed,
+    };
+    let account_rows = prepare(&args.dir, &scale)?;
+    let engine = engine(config.clone()).await?;
+    let report = run(&engine, &config, &args.dir, &scale, account_rows).await?;
+    if args.json {
+        let json = serde_json::to_string(&report)
+            .map_err(|e| CliError::Usage(format!("cannot print the report: {e}")))?;
+        writeln!(out, "{json}")?;
+        return Ok(());
+    }
+    let mib = |b: Option<u64>| {
+        b.map(|b| format!("{:.0} MiB", b as f64 / 1048576.0))
+            .unwrap_or_else(|| "unknown".to_string())
+    };
+    writeln!(
+        out,
+        "retrieve: {} observations x {} features from {} transactions ({} accounts) and {} account rows",
+        scale.observations,
+        report.features,
+        scale.transactions,
+        scale.accounts,
+        report.account_rows
+    )?;
+    writeln!(
+        out,
+        "  {:.2}s, {:.0} observation rows/s, peak memory {} (before: {}), memory limit {}",
+        report.elapsed_s,
+        report.observation_rows_per_s,
+        mib(report.peak_rss_bytes),
+        mib(report.rss_before_bytes),
+        report
+            .memory_limit_bytes
+            .map(|b| mib(Some(b as u64)))
+            .unwrap_or_else(|| "none".to_string())
+    )?;
+    writeln!(
+        out,
+        "  {} build, {} cores, parallelism {}, {} partitions",
+        report.build, report.cores, report.parallelism, report.target_partitions
+    )?;
+    for (set, matched) in &report.matches {
+        writeln!(out, "  {set}: {matched} matched")?;
     }
     Ok(())
 }

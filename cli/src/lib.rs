@@ -73,6 +73,37 @@ pub enum Command {
     Spec(SpecCommand),
     /// Join features point-in-time onto observation rows and write them as parquet.
     Retrieve(RetrieveArgs),
+    /// Measure Almanac on generated data (use a release build).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Retrieve every tutorial feature onto generated observations; prints observation rows
+    /// per second, time and peak memory.
+    Retrieve(BenchRetrieveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchRetrieveArgs {
+    /// Folder for the generated data (reused when the scale matches) and the output.
+    #[arg(long, default_value = "almanac-bench")]
+    pub dir: PathBuf,
+    #[arg(long, default_value_t = 1_000_000)]
+    pub observations: usize,
+    #[arg(long, default_value_t = 10_000_000)]
+    pub transactions: usize,
+    #[arg(long, default_value_t = 100_000)]
+    pub accounts: usize,
+    /// Days of transactions.
+    #[arg(long, default_value_t = 90)]
+    pub days: u32,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Print the report as one JSON object only.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

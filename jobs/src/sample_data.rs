@@ -36,6 +36,8 @@ pub struct SampleDataOptions {
     pub seed: u64,
     /// First day of data, microseconds since the epoch (midnight UTC).
     pub start: i64,
+    /// Days between account snapshots (the first is a week before `start`).
+    pub account_snapshot_days: u32,
 }
 
 impl Default for SampleDataOptions {
@@ -46,6 +48,7 @@ impl Default for SampleDataOptions {
             days: 60,
             seed: 42,
             start: crate::time::parse_instant("2023-01-01").unwrap_or(0),
+            account_snapshot_days: 7,
         }
     }
 }
@@ -331,7 +334,7 @@ fn write_all(root: &Path, o: &SampleDataOptions) -> Result<SampleDataSummary> {
             ages.push(round2((a.age_days + weeks * 7.0).max(0.0)));
             stamps.push(snapshot);
         }
-        snapshot += 7 * DAY;
+        snapshot += i64::from(o.account_snapshot_days.max(1)) * DAY;
     }
     let account_snapshots = ids.len();
     let acct = batch(

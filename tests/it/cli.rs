@@ -70,6 +70,29 @@ fn failed(out: &Output) -> String {
     out.stderr.clone()
 }
 
+/// Writes sample data into `root/data`.
+fn sample_data(root: &Path, accounts: usize, transactions: usize, days: u32) {
+    let (accounts, transactions, days) = (
+        accounts.to_string(),
+        transactions.to_string(),
+        days.to_string(),
+    );
+    ok(&almanac(
+        &[
+            "sample-data",
+            "--out",
+            "data",
+            "--accounts",
+            &accounts,
+            "--transactions",
+            &transactions,
+            "--days",
+            &days,
+        ],
+        root,
+    ));
+}
+
 fn example_spec(name: &str, to: &Path) -> PathBuf {
     let from = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples/fraud/featuresets")
@@ -88,20 +111,7 @@ fn example_spec(name: &str, to: &Path) -> PathBuf {
 fn example_transactions_spec_over_a_month_matches_an_independent_computation() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    ok(&almanac(
-        &[
-            "sample-data",
-            "--out",
-            "data",
-            "--accounts",
-            "150",
-            "--transactions",
-            "6000",
-            "--days",
-            "45",
-        ],
-        root,
-    ));
+    sample_data(root, 150, 6000, 45);
     let spec = example_spec("transactions", root);
     let out = root.join("month.parquet");
     let stdout = ok(&almanac(
@@ -178,20 +188,7 @@ fn example_transactions_spec_over_a_month_matches_an_independent_computation() {
 fn spec_init_validate_and_sample_on_precomputed_accounts() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    ok(&almanac(
-        &[
-            "sample-data",
-            "--out",
-            "data",
-            "--accounts",
-            "20",
-            "--transactions",
-            "200",
-            "--days",
-            "21",
-        ],
-        root,
-    ));
+    sample_data(root, 20, 200, 21);
     let stdout = ok(&almanac(
         &[
             "spec",
@@ -279,20 +276,7 @@ fn spec_init_validate_and_sample_on_precomputed_accounts() {
 fn bad_input_fails_clearly_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    ok(&almanac(
-        &[
-            "sample-data",
-            "--out",
-            "data",
-            "--accounts",
-            "20",
-            "--transactions",
-            "200",
-            "--days",
-            "21",
-        ],
-        root,
-    ));
+    sample_data(root, 20, 200, 21);
 
     // A spec with a bad field: the error names the file and field; no output file appears.
     let spec = example_spec("transactions", root);
@@ -515,18 +499,7 @@ fn quickstart_runs_end_to_end() {
 fn retrieve_writes_training_data_and_its_spec_retrieves_inference_data() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    ok(&almanac(
-        &[
-            "sample-data",
-            "--out",
-            "data",
-            "--transactions",
-            "4000",
-            "--accounts",
-            "200",
-        ],
-        root,
-    ));
+    sample_data(root, 200, 4000, 60);
     let tx = example_spec("transactions", root);
     let accounts = example_spec("accounts", root);
     let local_tx = format!("transactions={}", tx.display());

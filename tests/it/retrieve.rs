@@ -699,6 +699,18 @@ async fn observation_times_in_any_common_form_mean_the_same_instant() {
     o.timestamp_column = "naive_ms".to_string();
     run(&engine, &o).await;
     expect_noon(&out, 2);
+    // Csv observations, with the time as text.
+    let csv = root.join("csv");
+    std::fs::create_dir_all(&csv).unwrap();
+    std::fs::write(
+        csv.join("obs.csv"),
+        "acct,event_time\nx,2024-03-10 12:00:00\nx,2024-03-10T13:00:00+01:00\n",
+    )
+    .unwrap();
+    let out = root.join("out_csv");
+    run(&engine, &options(&csv, &[("a", &spec)], "a:local:v", &out)).await;
+    expect_noon(&out, 2);
+
     let out = root.join("out_epoch_ms");
     let mut o = options(&root.join("epoch"), &[("a", &spec)], "a:local:v", &out);
     o.timestamp_format = Some("epoch_ms".to_string());

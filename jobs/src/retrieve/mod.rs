@@ -109,7 +109,17 @@ pub async fn retrieve(engine: &Engine, options: &RetrieveOptions) -> Result<Retr
         },
         source_delay: None,
     };
-    let cwd = std::env::current_dir().map_err(|e| JobsError::io("cannot read", ".", e))?;
+    // Only a relative observation path needs the working folder.
+    let cwd = match std::env::current_dir() {
+        Ok(dir) => dir,
+        Err(_)
+            if Path::new(&options.observations).is_absolute()
+                || options.observations.contains("://") =>
+        {
+            PathBuf::new()
+        }
+        Err(e) => return Err(JobsError::io("cannot resolve a path against", ".", e)),
+    };
     let obs = Source::open_ordered(&ctx, &obs_spec, &cwd)
         .await
         .map_err(as_observation_error)?;

@@ -45,8 +45,11 @@ pub(crate) async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Spec(SpecCommand::Init(args)) => spec_init(config, &args, out).await,
         Command::Spec(SpecCommand::Validate { dir }) => spec_validate(config, &dir, out).await,
         Command::Spec(SpecCommand::Sample(args)) => spec_sample(config, &args, out).await,
-        Command::Retrieve(args) => retrieve(config, &args, out).await,
+        Command::Retrieve(args) => retrieve(config, &cli.home, &args, out).await,
         Command::Bench(BenchCommand::Retrieve(args)) => bench_retrieve(config, &args, out).await,
+        Command::Entity(c) => crate::store::entity(&cli.home, c, out),
+        Command::Feature(c) => crate::store::feature(&cli.home, c, out),
+        Command::Featureset(c) => crate::store::featureset(config, &cli.home, c, out).await,
     }
 }
 
@@ -209,18 +212,41 @@ async fn spec_sample(
     args: &SampleArgs,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let window = window_args(&args.start, &args.end)?;
     let loaded = LoadedSpec::load(&args.dir)?;
-    let limit = match (&args.output, args.limit) {
+    let label = loaded.file.display().to_string();
+    sample_loaded(
+        config,
+        &loaded,
+        &label,
+        (&args.start, &args.end),
+        args.limit,
+        args.output.as_deref(),
+        out,
+    )
+    .await
+}
+
+/// Computes a spec's features over `[start, end)` and prints them or writes them to `output`.
+pub(crate) async fn sample_loaded(
+    config: EngineConfig,
+    loaded: &LoadedSpec,
+    label: &str,
+    (start, end): (&str, &str),
+    limit: Option<usize>,
+    output: Option<&Path>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let window = window_args(start, end)?;
+    let limit = match (output, limit) {
         (_, Some(l)) => Some(l),
         (None, None) => Some(DEFAULT_PRINT_LIMIT),
         (Some(_), None) => None,
     };
     let engine = engine(config).await?;
     let began = Instant::now();
-    let batches = sample(&engine, &loaded, window, limit).await?;
+    let batches = sample(&engine, loaded, window, limit).await?;
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    match &args.output {
+    match output {
         Some(path) => {
             write_parquet_atomic(path, &batches)?;
             writeln!(
@@ -243,8 +269,7 @@ async fn spec_sample(
             };
             writeln!(
                 out,
-                "{rows} row(s){more} of {} in [{}, {}), {:.2}s",
-                loaded.file.display(),
+                "{rows} row(s){more} of {label} in [{}, {}), {:.2}s",
                 format_instant(window.start),
                 format_instant(window.end),
                 began.elapsed().as_secs_f64()
@@ -379,6 +404,7 @@ async fn quickstart(
         output: training.clone(),
         overwrite: true,
         rows_per_file: almanac_jobs::retrieve::DEFAULT_ROWS_PER_FILE,
+        home: None,
     };
     let summary = almanac_jobs::retrieve::retrieve(&engine, &options).await?;
     print_retrieval(&summary, "   ", out)?;
@@ -436,15 +462,18 @@ fn retrieve_options(args: &RetrieveArgs) -> Result<RetrieveOptions, CliError> {
         output: args.output.clone(),
         overwrite: args.overwrite,
         rows_per_file: args.rows_per_file,
+        home: None,
     })
 }
 
 async fn retrieve(
     config: EngineConfig,
+    home: &Path,
     args: &RetrieveArgs,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let options = retrieve_options(args)?;
+    let mut options = retrieve_options(args)?;
+    options.home = Some(home.to_path_buf());
     let engine = engine(config).await?;
     let summary = almanac_jobs::retrieve::retrieve(&engine, &options).await?;
     print_retrieval(&summary, "", out)

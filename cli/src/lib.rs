@@ -4,6 +4,7 @@
 
 mod commands;
 mod error;
+mod store;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -22,6 +23,10 @@ pub use error::CliError;
 pub struct Cli {
     #[command(flatten)]
     pub engine: EngineArgs,
+
+    /// The feature store's home: its registry database, registered specs and offline store.
+    #[arg(long, global = true, env = "ALMANAC_HOME", default_value = ".almanac")]
+    pub home: PathBuf,
 
     /// Log format on stderr.
     #[arg(
@@ -73,9 +78,76 @@ pub enum Command {
     Spec(SpecCommand),
     /// Join features point-in-time onto observation rows and write them as parquet.
     Retrieve(RetrieveArgs),
+    /// Registered entities.
+    #[command(subcommand)]
+    Entity(EntityCommand),
+    /// Registered feature set versions.
+    #[command(subcommand)]
+    Featureset(FeaturesetCommand),
+    /// Features of registered feature sets.
+    #[command(subcommand)]
+    Feature(FeatureCommand),
     /// Measure Almanac on generated data (use a release build).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EntityCommand {
+    /// Register an entity from its yaml (name, version, index_columns, ...).
+    Create {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// List registered entities.
+    List,
+    /// Show one entity: name:version.
+    Show { entity: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FeaturesetCommand {
+    /// Register a feature set version from its asset yaml; the spec is copied into the store.
+    Create {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// List registered feature set versions.
+    List,
+    /// Show one version: name:version.
+    Show { feature_set: String },
+    /// Compute a registered set's features over a window and print or write them.
+    Sample {
+        feature_set: String,
+        #[arg(long)]
+        start: String,
+        #[arg(long)]
+        end: String,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Move a version to the Archived stage.
+    Archive { feature_set: String },
+    /// Move an archived version back to Development.
+    Restore { feature_set: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FeatureCommand {
+    /// List features, optionally of one set, matching text or carrying tags.
+    List {
+        /// Only this feature set version: name:version.
+        #[arg(long)]
+        featureset: Option<String>,
+        /// Text in the feature's name or description (case-insensitive).
+        #[arg(long)]
+        search: Option<String>,
+        /// key=value tag the feature's set carries; repeat for several (all must match).
+        #[arg(long)]
+        tag: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

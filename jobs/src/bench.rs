@@ -214,6 +214,7 @@ pub async fn run(
         output: dir.join("output"),
         overwrite: true,
         rows_per_file: crate::retrieve::DEFAULT_ROWS_PER_FILE,
+        home: None,
     };
     reset_peak_memory();
     let (_, rss_before) = memory_status();

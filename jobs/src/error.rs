@@ -67,6 +67,14 @@ pub enum JobsError {
         source: datafusion::parquet::errors::ParquetError,
     },
 
+    /// The registry database failed.
+    #[error("{context}: {source}")]
+    Registry {
+        context: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+
     /// Reading a Delta Lake table's log.
     #[error("delta table {uri}: {source}")]
     Delta {

@@ -16,6 +16,7 @@ pub mod init;
 pub mod ordered_table;
 pub mod part_writer;
 pub mod planner;
+pub mod registry;
 pub mod retrieve;
 pub mod sample_data;
 pub mod source;

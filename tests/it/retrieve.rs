@@ -205,6 +205,7 @@ fn options(
         output: output.to_path_buf(),
         overwrite: false,
         rows_per_file: DEFAULT_ROWS_PER_FILE,
+        home: None,
     }
 }
 

@@ -70,6 +70,8 @@ pub struct RetrieveOptions {
     pub output: PathBuf,
     pub overwrite: bool,
     pub rows_per_file: u64,
+    /// The feature store whose registered sets may be requested (`name:version`).
+    pub home: Option<PathBuf>,
 }
 
 /// What a retrieval did.
@@ -95,7 +97,7 @@ pub async fn retrieve(engine: &Engine, options: &RetrieveOptions) -> Result<Retr
     let output = std::path::absolute(&options.output)
         .map_err(|e| JobsError::io("cannot resolve", &options.output, e))?;
     staging::check_target(&output, options.overwrite)?;
-    let sets = request::resolve(&options.requests, &options.local)?;
+    let sets = request::resolve(&options.requests, &options.local, options.home.as_deref())?;
     check_windows(&sets)?;
 
     let ctx = engine.session();

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{JobsError, Result};
+use crate::registry::{FeatureSetRef, Registry};
 use crate::spec::{FeatureRetrievalSpec, FeatureStoreEntry, LoadedSpec, RetrievalFeature};
 
 /// The version under which `--local NAME=DIR` specs are known.
@@ -131,6 +132,7 @@ pub struct ResolvedSet {
 pub fn resolve(
     requests: &[FeatureRequest],
     local: &BTreeMap<String, PathBuf>,
+    home: Option<&Path>,
 ) -> Result<Vec<ResolvedSet>> {
     if requests.is_empty() {
         return Err(JobsError::InvalidInput(
@@ -142,6 +144,8 @@ pub fn resolve(
     let mut sets: Vec<ResolvedSet> = Vec::new();
     let mut failed_sets: Vec<String> = Vec::new();
     let mut outputs: BTreeMap<String, &FeatureRequest> = BTreeMap::new();
+    // Opened on first use: a retrieval of local sets only needs no store.
+    let mut registry: Option<Registry> = None;
     for request in requests {
         if let Some(previous) = outputs.insert(request.output().to_string(), request) {
             problems.push(format!(
@@ -155,7 +159,7 @@ pub fn resolve(
             continue;
         }
         if !sets.iter().any(|s| s.reference == reference) {
-            match load_set(request, local) {
+            match load_set(request, local, home, &mut registry) {
                 Ok((loaded, uri)) => sets.push(ResolvedSet {
                     reference: reference.clone(),
                     loaded,
@@ -199,40 +203,58 @@ pub fn resolve(
 fn load_set(
     request: &FeatureRequest,
     local: &BTreeMap<String, PathBuf>,
+    home: Option<&Path>,
+    registry: &mut Option<Registry>,
 ) -> std::result::Result<(LoadedSpec, String), String> {
-    let known = || {
-        if local.is_empty() {
-            "no feature sets are known: pass --local NAME=DIR for a spec folder".to_string()
-        } else {
-            format!(
-                "known feature sets: {}",
-                local
-                    .keys()
-                    .map(|n| format!("{n}:{LOCAL_VERSION}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        }
-    };
     if request.version != LOCAL_VERSION {
-        return Err(format!(
-            "unknown feature set {}: registered feature sets are not available in this build; \
-             {}",
-            request.set_ref(),
-            known()
-        ));
+        let Some(home) = home else {
+            return Err(format!(
+                "unknown feature set {}: no feature store is given for registered sets",
+                request.set_ref()
+            ));
+        };
+        if registry.is_none() {
+            *registry = Some(Registry::open(home).map_err(|e| e.to_string())?);
+        }
+        let registry = registry.as_ref().expect("just opened");
+        let r = FeatureSetRef::new(&request.set, &request.version);
+        let fs = registry.require_feature_set(&r).map_err(|e| {
+            let locals = known_locals(local);
+            if locals.is_empty() {
+                e.to_string()
+            } else {
+                format!("{e}; local sets: {locals}")
+            }
+        })?;
+        let uri = format!("file://{}", absolute(registry.home()).display());
+        return Ok((fs.spec, uri));
     }
     let Some(dir) = local.get(&request.set) else {
-        return Err(format!(
-            "unknown feature set {}; {}",
-            request.set_ref(),
-            known()
-        ));
+        let locals = known_locals(local);
+        return Err(if locals.is_empty() {
+            format!(
+                "unknown feature set {}; no local sets are given: pass --local NAME=DIR for a spec folder",
+                request.set_ref()
+            )
+        } else {
+            format!(
+                "unknown feature set {}; known feature sets: {locals}",
+                request.set_ref()
+            )
+        });
     };
     let loaded =
         LoadedSpec::load(dir).map_err(|e| format!("feature set {}: {e}", request.set_ref()))?;
     let uri = format!("file://{}", absolute(&loaded.dir).display());
     Ok((loaded, uri))
+}
+
+fn known_locals(local: &BTreeMap<String, PathBuf>) -> String {
+    local
+        .keys()
+        .map(|n| format!("{n}:{LOCAL_VERSION}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn absolute(path: &Path) -> PathBuf {

@@ -1,0 +1,54 @@
+//! The registry's tables, as numbered migrations applied in order and recorded in
+//! `schema_migrations`. A migration, once released, never changes: add a new one.
+//!
+//! The SQL is kept to what SQLite and server databases share (TEXT, INTEGER, composite keys),
+//! so another backend can run the same migrations.
+
+/// `(version, statements)`.
+pub const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE entities (
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        spec_yaml TEXT NOT NULL,
+        description TEXT,
+        stage TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    CREATE TABLE feature_sets (
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        asset_yaml TEXT NOT NULL,
+        spec_yaml TEXT NOT NULL,
+        description TEXT,
+        stage TEXT NOT NULL,
+        offline_enabled INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    CREATE TABLE feature_set_entities (
+        feature_set TEXT NOT NULL,
+        feature_set_version TEXT NOT NULL,
+        entity TEXT NOT NULL,
+        entity_version TEXT NOT NULL,
+        PRIMARY KEY (feature_set, feature_set_version, entity, entity_version)
+    );
+    CREATE TABLE features (
+        feature_set TEXT NOT NULL,
+        feature_set_version TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        type TEXT NOT NULL,
+        description TEXT,
+        PRIMARY KEY (feature_set, feature_set_version, name)
+    );
+    CREATE TABLE tags (
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (kind, name, version, tag)
+    );",
+)];

@@ -84,7 +84,7 @@ fn offset_arg(flag: &str, value: &Option<String>) -> Result<Option<Offset>, CliE
         .transpose()
 }
 
-fn window_args(start: &str, end: &str) -> Result<TimeRange, CliError> {
+pub(crate) fn window_args(start: &str, end: &str) -> Result<TimeRange, CliError> {
     let start = parse_instant(start).map_err(|e| CliError::Usage(format!("--start: {e}")))?;
     let end = parse_instant(end).map_err(|e| CliError::Usage(format!("--end: {e}")))?;
     if start >= end {
@@ -212,6 +212,8 @@ async fn spec_sample(
     args: &SampleArgs,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
+    // Flags are checked before any file is read.
+    window_args(&args.start, &args.end)?;
     let loaded = LoadedSpec::load(&args.dir)?;
     let label = loaded.file.display().to_string();
     sample_loaded(

@@ -160,6 +160,7 @@ pub(crate) async fn featureset(
             output,
         } => {
             let r: FeatureSetRef = feature_set.parse()?;
+            crate::commands::window_args(&start, &end)?;
             let fs = Registry::open(home)?.require_feature_set(&r)?;
             crate::commands::sample_loaded(
                 config,

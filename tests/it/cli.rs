@@ -597,3 +597,69 @@ fn retrieve_writes_training_data_and_its_spec_retrieves_inference_data() {
     assert!(err.contains("is not a feature reference"), "{err}");
     assert!(!root.join("never").exists());
 }
+
+#[test]
+fn registry_commands_register_discover_and_archive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fraud");
+    let entity = examples.join("entities/account.yaml");
+    let entity = entity.to_str().unwrap();
+    let asset = examples.join("featuresets/transactions/featureset_asset.yaml");
+    let asset = asset.to_str().unwrap();
+    let home = ["--home", "store"];
+    let run = |args: &[&str]| almanac(&[&home[..], args].concat(), root);
+
+    // Without its entity, a feature set is refused and nothing is registered.
+    let err = failed(&run(&["featureset", "create", "--file", asset]));
+    assert!(err.contains("unknown entity account:1"), "{err}");
+    assert!(ok(&run(&["featureset", "list"])).contains("no feature sets registered"));
+
+    assert!(
+        ok(&run(&["entity", "create", "--file", entity])).contains("registered entity account:1")
+    );
+    assert!(ok(&run(&["entity", "create", "--file", entity])).contains("nothing changed"));
+    assert!(
+        ok(&run(&["featureset", "create", "--file", asset]))
+            .contains("registered feature set transactions:1")
+    );
+    let list = ok(&run(&["featureset", "list"]));
+    assert!(
+        list.contains("transactions:1  Development  6 features  offline materialization on"),
+        "{list}"
+    );
+    let show = ok(&run(&["featureset", "show", "transactions:1"]));
+    assert!(
+        show.contains("entities: account:1") && show.contains("transaction_amount_7d_avg double"),
+        "{show}"
+    );
+    let features = ok(&run(&[
+        "feature",
+        "list",
+        "--search",
+        "count",
+        "--tag",
+        "team=fraud",
+    ]));
+    assert!(
+        features.contains("transactions:1:transaction_7d_count")
+            && features.contains("2 feature(s)"),
+        "{features}"
+    );
+    ok(&run(&["featureset", "archive", "transactions:1"]));
+    assert!(ok(&run(&["featureset", "list"])).contains("transactions:1  Archived"));
+    ok(&run(&["featureset", "restore", "transactions:1"]));
+    assert!(ok(&run(&["entity", "show", "account:1"])).contains("accountID"));
+    let err = failed(&run(&[
+        "featureset",
+        "sample",
+        "transactions:7",
+        "--start",
+        "2023-01-10",
+        "--end",
+        "2023-01-11",
+    ]));
+    assert!(err.contains("unknown feature set transactions:7"), "{err}");
+    let err = failed(&run(&["feature", "list", "--tag", "team"]));
+    assert!(err.contains("--tag 'team' is not key=value"), "{err}");
+}

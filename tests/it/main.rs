@@ -3,6 +3,7 @@
 mod asof;
 mod cli;
 mod common;
+mod registry;
 mod retrieve;
 mod sources;
 mod specs;

@@ -13,6 +13,7 @@ mod delta;
 pub mod engine;
 pub mod error;
 pub mod init;
+pub mod materialize;
 pub mod ordered_table;
 pub mod part_writer;
 pub mod planner;

@@ -26,7 +26,7 @@ use prost::Message;
 
 use crate::asof_join::{AsOfJoinExec, AsOfJoinNode, AsOfJoinParams};
 use crate::ordered_table::OrderedFileTable;
-use crate::part_writer::{PartWriterExec, PartWriterNode, PartWriterParams};
+use crate::part_writer::{Layout, PartWriterExec, PartWriterNode, PartWriterParams};
 use crate::spec::SourceKind;
 
 #[derive(Clone, PartialEq, Message)]
@@ -57,12 +57,16 @@ struct AsOfJoinProto {
 struct PartWriterProto {
     #[prost(string, tag = "1")]
     dir: String,
-    #[prost(uint64, tag = "2")]
-    rows_per_file: u64,
+    /// Chunks layout; absent for the partitioned layout.
+    #[prost(uint64, optional, tag = "2")]
+    rows_per_file: Option<u64>,
+    /// The row column (chunks) or partition column (partitioned).
     #[prost(string, tag = "3")]
-    row_column: String,
+    key_column: String,
     #[prost(string, repeated, tag = "4")]
     tally_columns: Vec<String>,
+    #[prost(string, tag = "5")]
+    file_prefix: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -145,21 +149,41 @@ impl From<AsOfJoinProto> for AsOfJoinParams {
 
 impl From<&PartWriterParams> for PartWriterProto {
     fn from(p: &PartWriterParams) -> Self {
+        let (rows_per_file, key_column, file_prefix) = match &p.layout {
+            Layout::Chunks {
+                row_column,
+                rows_per_file,
+            } => (Some(*rows_per_file), row_column.clone(), String::new()),
+            Layout::Partitioned {
+                column,
+                file_prefix,
+            } => (None, column.clone(), file_prefix.clone()),
+        };
         PartWriterProto {
             dir: p.dir.clone(),
-            rows_per_file: p.rows_per_file,
-            row_column: p.row_column.clone(),
+            rows_per_file,
+            key_column,
             tally_columns: p.tally_columns.clone(),
+            file_prefix,
         }
     }
 }
 
 impl From<PartWriterProto> for PartWriterParams {
     fn from(p: PartWriterProto) -> Self {
+        let layout = match p.rows_per_file {
+            Some(rows_per_file) => Layout::Chunks {
+                row_column: p.key_column,
+                rows_per_file,
+            },
+            None => Layout::Partitioned {
+                column: p.key_column,
+                file_prefix: p.file_prefix,
+            },
+        };
         PartWriterParams {
             dir: p.dir,
-            rows_per_file: p.rows_per_file,
-            row_column: p.row_column,
+            layout,
             tally_columns: p.tally_columns,
         }
     }
@@ -476,8 +500,10 @@ mod tests {
             Arc::new(AsOfJoinExec::try_new(left.clone(), right.clone(), params()).unwrap());
         let writer_params = PartWriterParams {
             dir: "file:///tmp/out/data/".into(),
-            rows_per_file: 7,
-            row_column: "row".into(),
+            layout: Layout::Chunks {
+                row_column: "row".into(),
+                rows_per_file: 7,
+            },
             tally_columns: vec!["m".into()],
         };
         let writer: Arc<dyn ExecutionPlan> =

@@ -1,14 +1,20 @@
 //! Parallel parquet output: every partition writes its own files and reports them.
 //!
 //! DataFusion's `DataSinkExec` writes from a single task. [`PartWriterExec`] instead runs
-//! in every partition: rows are routed to partitions by *chunk* (`row / rows_per_file`, where
-//! `row` is a dense row number), sorted by row number within the partition, and each chunk
-//! becomes one file `part-<chunk>.parquet`. Reading the files in name order gives the rows in
-//! row-number order, and because chunk boundaries depend only on row numbers the files are
-//! byte-identical however many partitions wrote them.
+//! in every partition, in one of two layouts:
 //!
-//! The output is one row per file written: `file`, `rows`, and for each tally column the
-//! number of `true` values in it (tally columns, like the row number, are not written).
+//! - [`Layout::Chunks`]: rows are routed to partitions by *chunk* (`row / rows_per_file`,
+//!   where `row` is a dense row number), sorted by row number within the partition, and each
+//!   chunk becomes one file `part-<chunk>.parquet`. Reading the files in name order gives the
+//!   rows in row-number order, and because chunk boundaries depend only on row numbers the
+//!   files are byte-identical however many partitions wrote them (retrieval output).
+//! - [`Layout::Partitioned`]: each partition sorts its rows by a string partition column and
+//!   writes one file per value, `<column>=<value>/<prefix>-<partition>-<n>.parquet`, without
+//!   the column (Delta Lake keeps partition values in its log: the offline store).
+//!
+//! The output is one row per file written: `file` (relative to the folder), `rows`, `bytes`,
+//! `partition` (the partition value, or null), and for each tally column the number of `true`
+//! values in it (tally columns, like the row number and the partition column, are not written).
 
 use std::fmt;
 use std::sync::Arc;
@@ -45,22 +51,43 @@ use object_store::{ObjectStore, ObjectStoreExt};
 /// file keeps page boundaries independent of how the input happened to be batched.
 const WRITE_SLICE: usize = 8192;
 
+/// How rows are spread over files.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+pub enum Layout {
+    /// `part-<row / rows_per_file>.parquet`, rows in row-number order.
+    Chunks {
+        /// The dense `UInt64` row number column that orders rows and picks their file.
+        row_column: String,
+        rows_per_file: u64,
+    },
+    /// `<column>=<value>/<file_prefix>-<partition>-<n>.parquet` for a `Utf8` column.
+    Partitioned {
+        column: String,
+        /// Distinguishes this write's files from every other write's (e.g. a task attempt).
+        file_prefix: String,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
 pub struct PartWriterParams {
     /// URL of the folder the files go to (`file:///…`, `s3://…`, …).
     pub dir: String,
-    pub rows_per_file: u64,
-    /// The dense `UInt64` row number column that orders rows and picks their file.
-    pub row_column: String,
+    pub layout: Layout,
     /// Boolean columns counted, not written.
     pub tally_columns: Vec<String>,
 }
 
-/// The writer's output schema: `file`, `rows`, then one count per tally column.
+/// Column positions of the report: file, rows, bytes, partition, then the tallies.
+pub const REPORT_TALLIES: usize = 4;
+
+/// The writer's output schema: `file`, `rows`, `bytes`, `partition`, then one count per tally
+/// column.
 pub fn report_schema(params: &PartWriterParams) -> SchemaRef {
     let mut fields = vec![
         Field::new("file", DataType::Utf8, false),
         Field::new("rows", DataType::UInt64, false),
+        Field::new("bytes", DataType::UInt64, false),
+        Field::new("partition", DataType::Utf8, true),
     ];
     fields.extend(
         params
@@ -81,7 +108,13 @@ pub struct PartWriterNode {
 
 impl PartWriterNode {
     pub fn try_new(input: LogicalPlan, params: PartWriterParams) -> DfResult<Self> {
-        if params.rows_per_file == 0 {
+        if matches!(
+            params.layout,
+            Layout::Chunks {
+                rows_per_file: 0,
+                ..
+            }
+        ) {
             return plan_err!("rows per file must be at least 1");
         }
         let schema = Arc::new(DFSchema::try_from(report_schema(&params))?);
@@ -119,8 +152,8 @@ impl UserDefinedLogicalNodeCore for PartWriterNode {
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "PartWriter: dir={}, rows_per_file={}",
-            self.params.dir, self.params.rows_per_file
+            "PartWriter: dir={}, layout={:?}",
+            self.params.dir, self.params.layout
         )
     }
 
@@ -150,7 +183,8 @@ impl UserDefinedLogicalNodeCore for PartWriterNode {
 pub struct PartWriterExec {
     input: Arc<dyn ExecutionPlan>,
     params: PartWriterParams,
-    row_index: usize,
+    /// The row number (chunks) or partition column.
+    key_index: usize,
     tally_indices: Vec<usize>,
     written: Vec<usize>,
     cache: Arc<PlanProperties>,
@@ -164,12 +198,13 @@ impl PartWriterExec {
                 DataFusionError::Plan(format!("part writer: the input has no column '{name}'"))
             })
         };
-        let row_index = find(&params.row_column)?;
-        if schema.field(row_index).data_type() != &DataType::UInt64 {
-            return plan_err!(
-                "part writer: row column '{}' must be UInt64",
-                params.row_column
-            );
+        let (key_column, key_type) = match &params.layout {
+            Layout::Chunks { row_column, .. } => (row_column, DataType::UInt64),
+            Layout::Partitioned { column, .. } => (column, DataType::Utf8),
+        };
+        let key_index = find(key_column)?;
+        if schema.field(key_index).data_type() != &key_type {
+            return plan_err!("part writer: column '{key_column}' must be {key_type}");
         }
         let tally_indices = params
             .tally_columns
@@ -177,7 +212,7 @@ impl PartWriterExec {
             .map(|c| find(c))
             .collect::<DfResult<Vec<_>>>()?;
         let written = (0..schema.fields().len())
-            .filter(|i| *i != row_index && !tally_indices.contains(i))
+            .filter(|i| *i != key_index && !tally_indices.contains(i))
             .collect();
         let cache = PlanProperties::new(
             EquivalenceProperties::new(report_schema(&params)),
@@ -188,7 +223,7 @@ impl PartWriterExec {
         Ok(PartWriterExec {
             input,
             params,
-            row_index,
+            key_index,
             tally_indices,
             written,
             cache: Arc::new(cache),
@@ -199,8 +234,11 @@ impl PartWriterExec {
         &self.params
     }
 
-    fn row_expr(&self) -> Arc<dyn PhysicalExpr> {
-        Arc::new(Column::new(&self.params.row_column, self.row_index))
+    fn key_expr(&self) -> Arc<dyn PhysicalExpr> {
+        Arc::new(Column::new(
+            self.input.schema().field(self.key_index).name(),
+            self.key_index,
+        ))
     }
 }
 
@@ -208,8 +246,8 @@ impl DisplayAs for PartWriterExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "PartWriterExec: dir={}, rows_per_file={}",
-            self.params.dir, self.params.rows_per_file
+            "PartWriterExec: dir={}, layout={:?}",
+            self.params.dir, self.params.layout
         )
     }
 }
@@ -224,19 +262,24 @@ impl ExecutionPlan for PartWriterExec {
     }
 
     fn input_distribution_requirements(&self) -> InputDistributionRequirements {
-        let chunk: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
-            self.row_expr(),
-            Operator::Divide,
-            Arc::new(Literal::new(ScalarValue::UInt64(Some(
-                self.params.rows_per_file,
-            )))),
-        ));
-        InputDistributionRequirements::new(vec![Distribution::KeyPartitioned(vec![chunk])])
+        let distribution = match &self.params.layout {
+            Layout::Chunks { rows_per_file, .. } => {
+                let chunk: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
+                    self.key_expr(),
+                    Operator::Divide,
+                    Arc::new(Literal::new(ScalarValue::UInt64(Some(*rows_per_file)))),
+                ));
+                Distribution::KeyPartitioned(vec![chunk])
+            }
+            // Every partition writes its own files; a value may span partitions.
+            Layout::Partitioned { .. } => Distribution::UnspecifiedDistribution,
+        };
+        InputDistributionRequirements::new(vec![distribution])
     }
 
     fn required_input_ordering(&self) -> Vec<Option<OrderingRequirements>> {
         let order = LexOrdering::new(vec![PhysicalSortExpr::new(
-            self.row_expr(),
+            self.key_expr(),
             datafusion::arrow::compute::SortOptions::default(),
         )]);
         vec![order.map(OrderingRequirements::from)]
@@ -279,14 +322,16 @@ impl ExecutionPlan for PartWriterExec {
         let writer = Writer {
             store,
             prefix: url.prefix().clone(),
-            rows_per_file: self.params.rows_per_file,
-            row_index: self.row_index,
+            layout: self.params.layout.clone(),
+            partition,
+            key_index: self.key_index,
             tally_indices: self.tally_indices.clone(),
             written: self.written.clone(),
             written_schema,
             open: None,
             report_schema: report_schema(&self.params),
             files: Vec::new(),
+            sequence: 0,
         };
         let schema = report_schema(&self.params);
         let stream = futures::stream::once(async move { writer.run(input).await });
@@ -294,9 +339,16 @@ impl ExecutionPlan for PartWriterExec {
     }
 }
 
+/// Which file a row belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FileKey {
+    Chunk(u64),
+    Value(String),
+}
+
 /// A file being filled.
 struct OpenFile {
-    chunk: u64,
+    key: FileKey,
     writer: ArrowWriter<Vec<u8>>,
     pending: Vec<RecordBatch>,
     pending_rows: usize,
@@ -307,36 +359,70 @@ struct OpenFile {
 struct Writer {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
-    rows_per_file: u64,
-    row_index: usize,
+    layout: Layout,
+    partition: usize,
+    key_index: usize,
     tally_indices: Vec<usize>,
     written: Vec<usize>,
     written_schema: SchemaRef,
     open: Option<OpenFile>,
     report_schema: SchemaRef,
-    files: Vec<(String, u64, Vec<u64>)>,
+    files: Vec<WrittenFile>,
+    /// Files written per partition value, for unique names.
+    sequence: u64,
+}
+
+struct WrittenFile {
+    name: String,
+    rows: u64,
+    bytes: u64,
+    partition: Option<String>,
+    tallies: Vec<u64>,
 }
 
 impl Writer {
+    /// The file key of every row of `batch`.
+    fn keys(&self, batch: &RecordBatch) -> Vec<FileKey> {
+        let column = batch.column(self.key_index);
+        match &self.layout {
+            Layout::Chunks { rows_per_file, .. } => column
+                .as_primitive::<UInt64Type>()
+                .values()
+                .iter()
+                .map(|r| FileKey::Chunk(r / rows_per_file))
+                .collect(),
+            Layout::Partitioned { .. } => {
+                let values = column.as_string::<i32>();
+                (0..batch.num_rows())
+                    .map(|i| {
+                        FileKey::Value(if values.is_null(i) {
+                            // Delta Lake's name for a null partition value.
+                            "__HIVE_DEFAULT_PARTITION__".to_string()
+                        } else {
+                            values.value(i).to_string()
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
     async fn run(mut self, mut input: SendableRecordBatchStream) -> DfResult<RecordBatch> {
         while let Some(batch) = input.next().await {
             let batch = batch?;
-            let rows = batch
-                .column(self.row_index)
-                .as_primitive::<UInt64Type>()
-                .clone();
+            let keys = self.keys(&batch);
             let mut start = 0;
             while start < batch.num_rows() {
-                let chunk = rows.value(start) / self.rows_per_file;
+                let key = &keys[start];
                 let mut end = start + 1;
-                while end < batch.num_rows() && rows.value(end) / self.rows_per_file == chunk {
+                while end < batch.num_rows() && keys[end] == *key {
                     end += 1;
                 }
-                if self.open.as_ref().is_some_and(|f| f.chunk != chunk) {
+                if self.open.as_ref().is_some_and(|f| f.key != *key) {
                     self.finish().await?;
                 }
                 if self.open.is_none() {
-                    self.open = Some(self.start(chunk)?);
+                    self.open = Some(self.start(key.clone())?);
                 }
                 self.append(&batch.slice(start, end - start))?;
                 start = end;
@@ -345,20 +431,28 @@ impl Writer {
         self.finish().await?;
         let mut names = StringBuilder::new();
         let mut counts = UInt64Builder::new();
+        let mut bytes = UInt64Builder::new();
+        let mut partitions = StringBuilder::new();
         let mut tallies: Vec<UInt64Builder> = self
             .tally_indices
             .iter()
             .map(|_| UInt64Builder::new())
             .collect();
-        for (name, rows, t) in &self.files {
-            names.append_value(name);
-            counts.append_value(*rows);
-            for (b, v) in tallies.iter_mut().zip(t) {
+        for f in &self.files {
+            names.append_value(&f.name);
+            counts.append_value(f.rows);
+            bytes.append_value(f.bytes);
+            partitions.append_option(f.partition.as_deref());
+            for (b, v) in tallies.iter_mut().zip(&f.tallies) {
                 b.append_value(*v);
             }
         }
-        let mut columns: Vec<Arc<dyn Array>> =
-            vec![Arc::new(names.finish()), Arc::new(counts.finish())];
+        let mut columns: Vec<Arc<dyn Array>> = vec![
+            Arc::new(names.finish()),
+            Arc::new(counts.finish()),
+            Arc::new(bytes.finish()),
+            Arc::new(partitions.finish()),
+        ];
         columns.extend(
             tallies
                 .into_iter()
@@ -370,14 +464,14 @@ impl Writer {
         )?)
     }
 
-    fn start(&self, chunk: u64) -> DfResult<OpenFile> {
+    fn start(&self, key: FileKey) -> DfResult<OpenFile> {
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .build();
         let writer =
             ArrowWriter::try_new(Vec::new(), Arc::clone(&self.written_schema), Some(props))?;
         Ok(OpenFile {
-            chunk,
+            key,
             writer,
             pending: Vec::new(),
             pending_rows: 0,
@@ -407,13 +501,44 @@ impl Writer {
         flush(&mut file, &self.written_schema, true)?;
         file.writer.finish()?;
         let bytes = std::mem::take(file.writer.inner_mut());
-        let name = format!("part-{:05}.parquet", file.chunk);
-        let path = self.prefix.clone().join(name.as_str());
+        let (name, partition) = match (&file.key, &self.layout) {
+            (FileKey::Chunk(chunk), _) => (format!("part-{chunk:05}.parquet"), None),
+            (
+                FileKey::Value(value),
+                Layout::Partitioned {
+                    column,
+                    file_prefix,
+                },
+            ) => {
+                self.sequence += 1;
+                (
+                    format!(
+                        "{column}={value}/{file_prefix}-{:03}-{:03}.parquet",
+                        self.partition, self.sequence
+                    ),
+                    Some(value.clone()),
+                )
+            }
+            (FileKey::Value(_), Layout::Chunks { .. }) => {
+                unreachable!("chunk layouts key rows by chunk")
+            }
+        };
+        let mut path = self.prefix.clone();
+        for part in name.split('/') {
+            path = path.join(part);
+        }
+        let size = bytes.len() as u64;
         self.store
             .put(&path, bytes.into())
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        self.files.push((name, file.rows, file.tallies));
+        self.files.push(WrittenFile {
+            name,
+            rows: file.rows,
+            bytes: size,
+            partition,
+            tallies: file.tallies,
+        });
         Ok(())
     }
 }

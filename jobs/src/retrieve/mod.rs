@@ -33,7 +33,7 @@ use crate::asof_join::{AsOfJoinNode, AsOfJoinParams};
 use crate::compute::plan_window;
 use crate::engine::Engine;
 use crate::error::{EngineResultExt, JobsError, Result};
-use crate::part_writer::{PartWriterNode, PartWriterParams};
+use crate::part_writer::{Layout, PartWriterNode, PartWriterParams, REPORT_TALLIES};
 use crate::source::{Source, TimeRange};
 use crate::spec::{
     RETRIEVAL_SPEC_FILE_NAME, SourceKind, SourceSpec, TimestampColumn, write_atomic,
@@ -245,8 +245,10 @@ pub async fn retrieve(engine: &Engine, options: &RetrieveOptions) -> Result<Retr
         projected.into_unoptimized_plan(),
         PartWriterParams {
             dir: staging.data_url()?,
-            rows_per_file: options.rows_per_file,
-            row_column: ROW.to_string(),
+            layout: Layout::Chunks {
+                row_column: ROW.to_string(),
+                rows_per_file: options.rows_per_file,
+            },
             tally_columns: match_columns.clone(),
         },
     )
@@ -506,7 +508,7 @@ fn read_report(batches: &[RecordBatch], sets: usize) -> (usize, u64, Vec<u64>) {
             .sum::<u64>();
         for (i, t) in tallies.iter_mut().enumerate() {
             *t += b
-                .column(2 + i)
+                .column(REPORT_TALLIES + i)
                 .as_primitive::<UInt64Type>()
                 .values()
                 .iter()

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod init;
 pub mod materialize;
+pub mod offline;
 pub mod ordered_table;
 pub mod part_writer;
 pub mod planner;

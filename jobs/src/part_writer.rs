@@ -332,6 +332,7 @@ impl ExecutionPlan for PartWriterExec {
             report_schema: report_schema(&self.params),
             files: Vec::new(),
             sequence: 0,
+            token: rand::random(),
         };
         let schema = report_schema(&self.params);
         let stream = futures::stream::once(async move { writer.run(input).await });
@@ -368,8 +369,9 @@ struct Writer {
     open: Option<OpenFile>,
     report_schema: SchemaRef,
     files: Vec<WrittenFile>,
-    /// Files written per partition value, for unique names.
+    /// Files written so far and a random token, for unique names.
     sequence: u64,
+    token: u64,
 }
 
 struct WrittenFile {
@@ -511,10 +513,13 @@ impl Writer {
                 },
             ) => {
                 self.sequence += 1;
+                // The partition index alone does not make a name unique: Ballista may run the
+                // same index in more than one task (e.g. a retried or re-planned task), so each
+                // writer adds a random token.
                 (
                     format!(
-                        "{column}={value}/{file_prefix}-{:03}-{:03}.parquet",
-                        self.partition, self.sequence
+                        "{column}={value}/{file_prefix}-{:03}-{:016x}-{:03}.parquet",
+                        self.partition, self.token, self.sequence
                     ),
                     Some(value.clone()),
                 )

@@ -3,6 +3,7 @@
 mod asof;
 mod cli;
 mod common;
+mod offline;
 mod registry;
 mod retrieve;
 mod sources;

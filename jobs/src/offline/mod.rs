@@ -1,0 +1,390 @@
+//! The offline store (DESIGN.md §5): one Delta Lake table per feature set version, at
+//! `<home>/offline/<name>/<version>/`, partitioned by `day` (the UTC date of the feature
+//! timestamp). Rows: index columns, timestamp, features and `create_timestamp` (when the task
+//! that wrote them ran); at most one row per (index key, timestamp).
+//!
+//! A task materializes a window of whole days. Executors write its parquet files directly into
+//! the table folder (a partitioned [`PartWriterExec`](crate::part_writer::PartWriterExec)); then
+//! one Delta transaction adds them, removes every file the table had in the window's days, and
+//! records the task's application transaction id. A retried task whose transaction is already
+//! in the log commits nothing, so a window is never materialized twice; files of an attempt
+//! that never committed are not in the log, so no reader sees them.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::{Expr, ExprFunctionExt, Extension, LogicalPlan, cast, lit};
+use datafusion::prelude::{DataFrame, ident};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{
+    Action, Add, DataType as DeltaType, PrimitiveType, Remove, StructField, Transaction,
+};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use url::Url;
+
+use crate::compute::plan_window;
+use crate::engine::Engine;
+use crate::error::{EngineResultExt, JobsError, Result};
+use crate::part_writer::{Layout, PartWriterNode, PartWriterParams};
+use crate::registry::FeatureSetRef;
+use crate::source::TimeRange;
+use crate::spec::{FeatureSetSpec, FeatureType, LoadedSpec};
+use crate::time::format_instant;
+
+/// The partition column.
+pub const DAY: &str = "day";
+/// When the row was written.
+pub const CREATE_TIMESTAMP: &str = "create_timestamp";
+const DAY_MICROS: i64 = 86_400_000_000;
+
+/// The table of a feature set version under a store home.
+pub fn table_url(home: &Path, r: &FeatureSetRef) -> Result<Url> {
+    let dir = std::path::absolute(home.join("offline").join(&r.name).join(&r.version))
+        .map_err(|e| JobsError::io("cannot resolve", home, e))?;
+    Url::from_directory_path(&dir).map_err(|_| {
+        JobsError::InvalidInput(format!("{} is not a usable folder path", dir.display()))
+    })
+}
+
+fn delta_type(t: FeatureType) -> DeltaType {
+    DeltaType::Primitive(match t {
+        FeatureType::String => PrimitiveType::String,
+        FeatureType::Integer => PrimitiveType::Integer,
+        FeatureType::Long => PrimitiveType::Long,
+        FeatureType::Float => PrimitiveType::Float,
+        FeatureType::Double => PrimitiveType::Double,
+        FeatureType::Binary => PrimitiveType::Binary,
+        FeatureType::Boolean => PrimitiveType::Boolean,
+        FeatureType::Datetime => PrimitiveType::Timestamp,
+    })
+}
+
+/// The table's columns: index columns, timestamp, features, creation time, day.
+fn columns(spec: &FeatureSetSpec) -> Vec<StructField> {
+    let mut fields: Vec<StructField> = spec
+        .index_columns
+        .iter()
+        .map(|c| StructField::nullable(&c.name, delta_type(c.data_type)))
+        .collect();
+    fields.push(StructField::not_null(
+        spec.timestamp_name(),
+        DeltaType::Primitive(PrimitiveType::Timestamp),
+    ));
+    fields.extend(
+        spec.features
+            .iter()
+            .map(|f| StructField::nullable(&f.name, delta_type(f.data_type))),
+    );
+    fields.push(StructField::not_null(
+        CREATE_TIMESTAMP,
+        DeltaType::Primitive(PrimitiveType::Timestamp),
+    ));
+    fields.push(StructField::not_null(
+        DAY,
+        DeltaType::Primitive(PrimitiveType::String),
+    ));
+    fields
+}
+
+fn delta_error(url: &Url) -> impl Fn(DeltaTableError) -> JobsError + '_ {
+    move |e| JobsError::Delta {
+        uri: url.to_string(),
+        source: Box::new(e),
+    }
+}
+
+/// Opens the table, creating it if there is none yet.
+pub async fn open_or_create(
+    engine: &Engine,
+    url: &Url,
+    spec: &FeatureSetSpec,
+) -> Result<DeltaTable> {
+    let ctx = engine.session();
+    let listing = datafusion::datasource::listing::ListingTableUrl::parse(url.as_str())
+        .context(|| format!("offline store {url}"))?;
+    let store = ctx
+        .runtime_env()
+        .object_store(&listing)
+        .context(|| format!("offline store {url}"))?;
+    let err = delta_error(url);
+    if let Ok(dir) = url.to_file_path() {
+        // delta-rs wants a local table folder to exist before it looks for a log in it.
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| JobsError::io("cannot create the offline store folder", &dir, e))?;
+    }
+    let mut table = DeltaTableBuilder::from_url(url.clone())
+        .map_err(&err)?
+        .with_storage_backend(store, url.clone())
+        .build()
+        .map_err(&err)?;
+    match table.load().await {
+        Ok(()) => Ok(table),
+        Err(DeltaTableError::NotATable(_)) => {
+            let created = deltalake::operations::create::CreateBuilder::new()
+                .with_log_store(table.log_store())
+                .with_columns(columns(spec))
+                .with_partition_columns([DAY])
+                .with_save_mode(SaveMode::Ignore)
+                .await
+                .map_err(&err)?;
+            tracing::info!(table = %url, "offline store table created");
+            Ok(created)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// What a task's commit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskCommit {
+    pub rows: u64,
+    pub files: usize,
+    /// Files of earlier commits the window replaced.
+    pub replaced: usize,
+    /// The table version committed; `None` when this task's transaction was already in the
+    /// log (a retry of a task that had committed).
+    pub version: Option<u64>,
+}
+
+/// The days `[start, end)` covers, as partition values.
+fn days(window: TimeRange) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut d = window.start;
+    while d < window.end {
+        out.push(format_instant(d)[..10].to_string());
+        d += DAY_MICROS;
+    }
+    out
+}
+
+/// Materializes `window` (whole UTC days) of a spec into its offline table and commits it as
+/// application transaction `(app_id, txn_version)`.
+pub async fn materialize_task(
+    engine: &Engine,
+    url: &Url,
+    loaded: &LoadedSpec,
+    window: TimeRange,
+    app_id: &str,
+    txn_version: i64,
+) -> Result<TaskCommit> {
+    if window.start >= window.end
+        || window.start.rem_euclid(DAY_MICROS) != 0
+        || window.end.rem_euclid(DAY_MICROS) != 0
+    {
+        return Err(JobsError::InvalidInput(format!(
+            "offline store windows are whole UTC days; got [{}, {})",
+            format_instant(window.start),
+            format_instant(window.end)
+        )));
+    }
+    let spec = &loaded.spec;
+    let mut table = open_or_create(engine, url, spec).await?;
+    let err = delta_error(url);
+    let snapshot = table.snapshot().map_err(&err)?;
+    let committed = snapshot
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await
+        .map_err(&err)?;
+    if committed.is_some_and(|v| v >= txn_version) {
+        tracing::info!(table = %url, app_id, "task already committed; nothing to do");
+        return Ok(TaskCommit {
+            rows: 0,
+            files: 0,
+            replaced: 0,
+            version: None,
+        });
+    }
+
+    let ctx = engine.session();
+    let planned = plan_window(engine, loaded, window).await?;
+    let source = planned.source.clone();
+    let read_range = planned.read_range;
+    let frame = deduplicated(planned.frame, spec)?;
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut select: Vec<Expr> = spec.index_names().into_iter().map(ident).collect();
+    select.push(ident(spec.timestamp_name()));
+    select.extend(spec.features.iter().map(|f| ident(&f.name)));
+    select.push(
+        lit(ScalarValue::TimestampMicrosecond(
+            Some(now),
+            Some("UTC".into()),
+        ))
+        .alias(CREATE_TIMESTAMP),
+    );
+    // The UTC date as YYYY-MM-DD, by casts alone (no function the executors must know).
+    select.push(
+        cast(
+            cast(ident(spec.timestamp_name()), DataType::Date32),
+            DataType::Utf8,
+        )
+        .alias(DAY),
+    );
+    let rows = frame
+        .select(select)
+        .context(|| format!("cannot plan materializing {}", loaded.file.display()))?;
+    let prefix = format!("{}-{txn_version}-{now}", sanitize(app_id));
+    let writer = PartWriterNode::try_new(
+        rows.into_unoptimized_plan(),
+        PartWriterParams {
+            dir: url.to_string(),
+            layout: Layout::Partitioned {
+                column: DAY.to_string(),
+                file_prefix: prefix,
+            },
+            tally_columns: vec![],
+        },
+    )
+    .context(|| "cannot plan writing the offline store".to_string())?;
+    let report = DataFrame::new(
+        ctx.state(),
+        LogicalPlan::Extension(Extension {
+            node: Arc::new(writer),
+        }),
+    )
+    .collect()
+    .await;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            let e = JobsError::engine(format!("materializing {}", loaded.file.display()), e);
+            return Err(source.explain_failure(read_range, e).await);
+        }
+    };
+
+    let window_days = days(window);
+    let mut actions: Vec<Action> = Vec::new();
+    let millis = now / 1000;
+    let mut total = 0u64;
+    let mut files = 0usize;
+    for batch in &report {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::UInt64Type;
+        let names = batch.column(0).as_string::<i32>();
+        let counts = batch.column(1).as_primitive::<UInt64Type>();
+        let sizes = batch.column(2).as_primitive::<UInt64Type>();
+        let parts = batch.column(3).as_string::<i32>();
+        for i in 0..batch.num_rows() {
+            let day = parts.value(i).to_string();
+            if !window_days.contains(&day) {
+                return Err(JobsError::InvalidInput(format!(
+                    "internal error: a row of day {day} was computed for the window [{}, {})",
+                    format_instant(window.start),
+                    format_instant(window.end)
+                )));
+            }
+            total += counts.value(i);
+            files += 1;
+            actions.push(Action::Add(Add {
+                path: names.value(i).to_string(),
+                partition_values: HashMap::from([(DAY.to_string(), Some(day))]),
+                size: sizes.value(i) as i64,
+                modification_time: millis,
+                data_change: true,
+                stats: None,
+                tags: None,
+                deletion_vector: None,
+                base_row_id: None,
+                default_row_commit_version: None,
+                clustering_provider: None,
+            }));
+        }
+    }
+    let mut replaced = 0;
+    for file in snapshot.log_data().iter() {
+        let partition = file.partition_values_map();
+        let day = partition.get(DAY).cloned().flatten();
+        if day.as_ref().is_some_and(|d| window_days.contains(d)) {
+            replaced += 1;
+            actions.push(Action::Remove(Remove {
+                path: file.path().to_string(),
+                data_change: true,
+                deletion_timestamp: Some(millis),
+                extended_file_metadata: Some(true),
+                partition_values: Some(partition),
+                size: Some(file.size()),
+                tags: None,
+                deletion_vector: None,
+                base_row_id: None,
+                default_row_commit_version: None,
+            }));
+        }
+    }
+    let predicate = format!(
+        "{DAY} >= '{}' AND {DAY} <= '{}'",
+        window_days.first().expect("non-empty window"),
+        window_days.last().expect("non-empty window")
+    );
+    let properties = CommitProperties::default()
+        .with_application_transaction(Transaction::new(app_id, txn_version));
+    let commit = CommitBuilder::from(properties)
+        .with_actions(actions)
+        .build(
+            Some(snapshot),
+            table.log_store(),
+            DeltaOperation::Write {
+                mode: SaveMode::Overwrite,
+                partition_by: Some(vec![DAY.to_string()]),
+                predicate: Some(predicate),
+            },
+        )
+        .await
+        .map_err(&err)?;
+    let version = commit.version();
+    table.update_state().await.ok();
+    tracing::info!(table = %url, version, rows = total, files, replaced, app_id, "offline store commit");
+    Ok(TaskCommit {
+        rows: total,
+        files,
+        replaced,
+        version: Some(version),
+    })
+}
+
+/// File-name-safe form of an id.
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// One row per (index key, timestamp): where a source has several, the one with the greatest
+/// features (compared in spec order, nulls lowest) is kept, so the choice never depends on
+/// file order or partitioning.
+fn deduplicated(frame: DataFrame, spec: &FeatureSetSpec) -> Result<DataFrame> {
+    const RANK: &str = "__almanac_rank";
+    let mut partition: Vec<Expr> = spec.index_names().into_iter().map(ident).collect();
+    partition.push(ident(spec.timestamp_name()));
+    let order = spec
+        .features
+        .iter()
+        .map(|f| ident(&f.name).sort(false, false))
+        .collect();
+    let rank = row_number()
+        .partition_by(partition)
+        .order_by(order)
+        .build()
+        .context(|| "cannot plan deduplication".to_string())?
+        .alias(RANK);
+    let columns: Vec<Expr> = frame
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| ident(f.name()))
+        .collect();
+    frame
+        .window(vec![rank])
+        .and_then(|df| df.filter(ident(RANK).eq(lit(1u64))))
+        .and_then(|df| df.select(columns))
+        .context(|| "cannot plan deduplication".to_string())
+}

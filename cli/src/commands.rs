@@ -50,6 +50,8 @@ pub(crate) async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Entity(c) => crate::store::entity(&cli.home, c, out),
         Command::Feature(c) => crate::store::feature(&cli.home, c, out),
         Command::Featureset(c) => crate::store::featureset(config, &cli.home, c, out).await,
+        Command::Backfill(args) => crate::store::backfill(config, &cli.home, &args, out).await,
+        Command::Job(c) => crate::store::job(&cli.home, c, out),
     }
 }
 

@@ -87,6 +87,11 @@ pub enum Command {
     /// Features of registered feature sets.
     #[command(subcommand)]
     Feature(FeatureCommand),
+    /// Materialize a window of a registered feature set into the offline store.
+    Backfill(BackfillArgs),
+    /// Jobs recorded in the store.
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Measure Almanac on generated data (use a release build).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -132,6 +137,45 @@ pub enum FeaturesetCommand {
     Archive { feature_set: String },
     /// Move an archived version back to Development.
     Restore { feature_set: String },
+    /// Data intervals (None / Pending / Incomplete / Complete) and recent jobs of a version.
+    Status { feature_set: String },
+}
+
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// name:version of a registered feature set with offline materialization.
+    pub feature_set: Option<String>,
+    /// Window start (included), on the partition grid (midnight UTC for 1d).
+    #[arg(long)]
+    pub start: Option<String>,
+    /// Window end (excluded).
+    #[arg(long)]
+    pub end: Option<String>,
+    /// Data statuses to materialize, comma-separated: None, Incomplete, Complete.
+    #[arg(long, default_value = "None,Incomplete")]
+    pub data_status: String,
+    /// Task length: whole days.
+    #[arg(long, default_value = "1d")]
+    pub partition: String,
+    /// Tasks running at once.
+    #[arg(long, default_value_t = 2)]
+    pub parallel_tasks: usize,
+    /// Instead of a window: rerun the unfinished tasks of this job.
+    #[arg(long, conflicts_with_all = ["feature_set", "start", "end"])]
+    pub job: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Recent jobs, newest first.
+    List {
+        #[arg(long)]
+        featureset: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// One job with its tasks.
+    Show { job: String },
 }
 
 #[derive(Debug, Subcommand)]

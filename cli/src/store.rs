@@ -7,7 +7,15 @@ use almanac_jobs::engine::EngineConfig;
 use almanac_jobs::registry::{Created, EntityRef, FeatureFilter, FeatureSetRef, Registry};
 use almanac_jobs::spec::{EntitySpec, Stage};
 
-use crate::{CliError, EntityCommand, FeatureCommand, FeaturesetCommand};
+use almanac_jobs::backfill::{
+    BackfillOptions, BackfillReport, TaskOutcome, backfill as run_backfill, retry_job,
+};
+use almanac_jobs::materialize::DataStatus;
+use almanac_jobs::registry::{JobId, JobInfo};
+use almanac_jobs::spec::Offset;
+use almanac_jobs::time::format_instant;
+
+use crate::{BackfillArgs, CliError, EntityCommand, FeatureCommand, FeaturesetCommand, JobCommand};
 
 fn created(what: &str, r: &str, c: Created, home: &Path) -> String {
     match c {
@@ -178,6 +186,33 @@ pub(crate) async fn featureset(
             Registry::open(home)?.set_stage(&r, Stage::Archived)?;
             writeln!(out, "feature set {r} is now Archived")?;
         }
+        FeaturesetCommand::Status { feature_set } => {
+            let r: FeatureSetRef = feature_set.parse()?;
+            let registry = Registry::open(home)?;
+            let fs = registry.require_feature_set(&r)?;
+            writeln!(
+                out,
+                "feature set {r} ({}, offline materialization {})",
+                stage(fs.stage),
+                if fs.offline_enabled { "on" } else { "off" }
+            )?;
+            let timeline = registry.timeline(&r)?;
+            if timeline.intervals().is_empty() {
+                writeln!(out, "data intervals: nothing materialized (all None)")?;
+            } else {
+                writeln!(out, "data intervals (time not listed is None):")?;
+                for i in timeline.intervals() {
+                    writeln!(out, "  {i}")?;
+                }
+            }
+            let jobs = registry.jobs(Some(&r), 5)?;
+            if !jobs.is_empty() {
+                writeln!(out, "recent jobs:")?;
+                for j in &jobs {
+                    print_job_line(j, out)?;
+                }
+            }
+        }
         FeaturesetCommand::Restore { feature_set } => {
             let r: FeatureSetRef = feature_set.parse()?;
             Registry::open(home)?.set_stage(&r, Stage::Development)?;
@@ -222,5 +257,162 @@ pub(crate) fn feature(
         )?;
     }
     writeln!(out, "{} feature(s)", features.len())?;
+    Ok(())
+}
+
+fn print_job_line(j: &JobInfo, out: &mut dyn Write) -> Result<(), CliError> {
+    let done = j
+        .tasks
+        .iter()
+        .filter(|t| t.state == almanac_jobs::registry::RunState::Succeeded)
+        .count();
+    let rows: i64 = j.tasks.iter().filter_map(|t| t.rows).sum();
+    writeln!(
+        out,
+        "  {}  {}  {}  [{}, {})  tasks {done}/{}  rows {rows}  updated {}",
+        j.id,
+        j.state,
+        j.feature_set,
+        format_instant(j.window.start),
+        format_instant(j.window.end),
+        j.tasks.len(),
+        j.updated_at
+    )?;
+    Ok(())
+}
+
+pub(crate) fn job(home: &Path, command: JobCommand, out: &mut dyn Write) -> Result<(), CliError> {
+    let registry = Registry::open(home)?;
+    match command {
+        JobCommand::List { featureset, limit } => {
+            let r: Option<FeatureSetRef> = featureset.map(|f| f.parse()).transpose()?;
+            let jobs = registry.jobs(r.as_ref(), limit)?;
+            if jobs.is_empty() {
+                writeln!(out, "no jobs")?;
+            }
+            for j in &jobs {
+                print_job_line(j, out)?;
+            }
+        }
+        JobCommand::Show { job } => {
+            let id: JobId = job.parse()?;
+            let j = registry
+                .job(&id)?
+                .ok_or_else(|| CliError::Usage(format!("unknown job {id}")))?;
+            print_job_line(&j, out)?;
+            for t in &j.tasks {
+                writeln!(
+                    out,
+                    "    task {}  [{}, {})  {}  attempts {}  rows {}  version {}{}",
+                    t.index,
+                    format_instant(t.window.start),
+                    format_instant(t.window.end),
+                    t.state,
+                    t.attempts,
+                    t.rows.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                    t.table_version
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    t.error
+                        .as_ref()
+                        .map(|e| format!("\n      error: {e}"))
+                        .unwrap_or_default()
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_task(t: &TaskOutcome, out: &mut dyn Write) {
+    let line = match &t.result {
+        Ok((rows, Some(v))) => format!("{rows} rows, table version {v}"),
+        Ok((_, None)) => "already committed by an earlier attempt".to_string(),
+        Err(e) => format!("FAILED: {e}"),
+    };
+    let _ = writeln!(
+        out,
+        "  task {} [{}, {}) {:.1}s: {line}",
+        t.index,
+        format_instant(t.window.start),
+        format_instant(t.window.end),
+        t.elapsed.as_secs_f64()
+    );
+}
+
+pub(crate) async fn backfill(
+    config: EngineConfig,
+    home: &Path,
+    args: &BackfillArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    // Progress lines go to stderr as tasks end; the summary goes to `out`.
+    let progress = |t: &TaskOutcome| print_task(t, &mut std::io::stderr());
+    let report: BackfillReport = if let Some(job) = &args.job {
+        let id: JobId = job.parse()?;
+        let engine = almanac_jobs::engine::Engine::embedded(config).await?;
+        retry_job(&engine, home, &id, args.parallel_tasks, &progress).await?
+    } else {
+        let (Some(fs), Some(start), Some(end)) = (&args.feature_set, &args.start, &args.end) else {
+            return Err(CliError::Usage(
+                "give NAME:VERSION --start T --end T, or --job ID to retry a job".into(),
+            ));
+        };
+        let window = crate::commands::window_args(start, end)?;
+        let statuses = args
+            .data_status
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(DataStatus::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if statuses.contains(&DataStatus::Pending) {
+            return Err(CliError::Usage(
+                "--data-status Pending: windows held by a running job are never backfilled".into(),
+            ));
+        }
+        let partition = Offset::parse_compact(&args.partition)
+            .map_err(|e| CliError::Usage(format!("--partition: {e}")))?
+            .micros();
+        let options = BackfillOptions {
+            feature_set: fs.parse()?,
+            window,
+            statuses,
+            partition,
+            parallel_tasks: args.parallel_tasks,
+        };
+        let engine = almanac_jobs::engine::Engine::embedded(config).await?;
+        run_backfill(&engine, home, &options, &progress).await?
+    };
+    for p in &report.skipped_pending {
+        writeln!(
+            out,
+            "skipped [{}, {}): another job holds it (Pending)",
+            format_instant(p.start),
+            format_instant(p.end)
+        )?;
+    }
+    let Some(job) = &report.job else {
+        writeln!(
+            out,
+            "nothing to backfill: no window has the selected data status"
+        )?;
+        return Ok(());
+    };
+    writeln!(
+        out,
+        "job {job} {}: {} task(s), {} failed, {} rows, {:.1}s",
+        report.state.map(|s| s.name()).unwrap_or("-"),
+        report.tasks.len(),
+        report.failed(),
+        report.rows(),
+        report.elapsed.as_secs_f64()
+    )?;
+    if report.failed() > 0 {
+        return Err(CliError::Usage(format!(
+            "{} task(s) of job {job} failed (see `almanac job show {job}`); their windows are \
+             Incomplete: retry with `almanac backfill --job {job}`",
+            report.failed()
+        )));
+    }
     Ok(())
 }

@@ -14,6 +14,7 @@ use datafusion::catalog::{
 };
 use datafusion::execution::SessionState;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -63,8 +64,11 @@ pub fn almanac_session_state(config: &EngineConfig) -> Result<SessionState> {
         .with_information_schema(false)
         .with_ballista_logical_extension_codec(crate::codec::logical_codec())
         .with_ballista_physical_extension_codec(crate::codec::physical_codec());
-    let mut runtime =
-        RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(AlmanacObjectStores::new()));
+    let mut runtime = RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(AlmanacObjectStores::new()))
+        // DataFusion caches folder listings forever by default; a long-running engine would
+        // then never see files that land in a source after its first read.
+        .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0));
     if let Some(limit) = config.memory_limit {
         runtime = runtime.with_memory_limit(limit, 1.0);
     }

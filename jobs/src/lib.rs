@@ -6,6 +6,7 @@
 //! ([`sample_data`]).
 
 pub mod asof_join;
+pub mod backfill;
 pub mod bench;
 pub mod codec;
 pub mod compute;

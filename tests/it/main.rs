@@ -1,6 +1,7 @@
 //! Almanac's integration tests: one binary, one module per area.
 
 mod asof;
+mod backfill;
 mod cli;
 mod common;
 mod offline;

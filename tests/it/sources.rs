@@ -78,6 +78,34 @@ async fn files_folders_globs_and_file_urls_read_the_same_rows() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_engine_sees_files_that_land_in_a_source_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = sample_rows();
+    write_parquet(
+        &tmp.path().join("data/a.parquet"),
+        &rows_batch(&["k"], &rows[..3]),
+    );
+    let dir = write_spec(
+        &tmp.path().join("spec"),
+        &precomputed("parquet", "../data", None, "double"),
+    );
+    let engine = engine(2).await;
+    let (start, end) = (t("2023-02-01"), t("2023-02-02"));
+    let first = run_window(&engine, &dir, start, end).await.unwrap();
+    assert_eq!(result_map(&first, &["k"], "timestamp").len(), 3);
+    write_parquet(
+        &tmp.path().join("data/b.parquet"),
+        &rows_batch(&["k"], &rows[3..]),
+    );
+    let second = run_window(&engine, &dir, start, end).await.unwrap();
+    assert_eq!(
+        result_map(&second, &["k"], "timestamp").len(),
+        6,
+        "the new file is read: listings are not cached across queries"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csv_with_patterned_string_timestamps_and_a_sql_transformation() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(tmp.path().join("data")).unwrap();

@@ -9,9 +9,11 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Ballista and DataFusion log through `log` at info level per query; keep them quiet
-    // unless asked (RUST_LOG=info).
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,almanac=info"));
+    // unless asked (RUST_LOG=info). delta-rs warns whenever parallel backfill tasks commit
+    // close together, which is expected and resolved by its conflict check.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("warn,almanac=info,deltalake_core::kernel::transaction=error")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -228,7 +228,14 @@ pub fn plan_backfill(
                 "the window {what} {} is not on the partition grid; with partitions of {} it must \
                  be a multiple of that length from 1970-01-01T00:00:00Z (e.g. midnight UTC for 1d)",
                 format_instant(t),
-                crate::spec::Offset::minutes((partition / 60_000_000) as u64)
+                {
+                    let minutes = (partition / 60_000_000) as u64;
+                    crate::spec::Offset {
+                        days: minutes / 1440,
+                        hours: minutes % 1440 / 60,
+                        minutes: minutes % 60,
+                    }
+                }
             )));
         }
     }

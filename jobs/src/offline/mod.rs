@@ -122,7 +122,17 @@ pub async fn open_or_create(
         .with_storage_backend(store, url.clone())
         .build()
         .map_err(&err)?;
-    match table.load().await {
+    // A local folder without a log is a new table: skip the load that would fail (and log
+    // an error) on it.
+    let is_new = url
+        .to_file_path()
+        .is_ok_and(|dir| !dir.join("_delta_log").exists());
+    let loaded = if is_new {
+        Err(DeltaTableError::NotATable(url.to_string()))
+    } else {
+        table.load().await
+    };
+    match loaded {
         Ok(()) => Ok(table),
         Err(DeltaTableError::NotATable(_)) => {
             let created = deltalake::operations::create::CreateBuilder::new()

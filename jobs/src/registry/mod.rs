@@ -8,6 +8,7 @@
 //! edits of the user's files do not change what a version means. Only the stage
 //! (Development / Production / Archived) changes after creation.
 
+mod jobs;
 mod refs;
 mod schema;
 
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+pub use jobs::{JobId, JobInfo, RunState, TaskInfo};
 pub use refs::{EntityRef, FeatureSetRef};
 
 use crate::error::{JobsError, Result};

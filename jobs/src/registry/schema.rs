@@ -5,9 +5,10 @@
 //! so another backend can run the same migrations.
 
 /// `(version, statements)`.
-pub const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE entities (
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE entities (
         name TEXT NOT NULL,
         version TEXT NOT NULL,
         spec_yaml TEXT NOT NULL,
@@ -51,4 +52,40 @@ pub const MIGRATIONS: &[(i64, &str)] = &[(
         value TEXT NOT NULL,
         PRIMARY KEY (kind, name, version, tag)
     );",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE data_intervals (
+        feature_set TEXT NOT NULL,
+        feature_set_version TEXT NOT NULL,
+        start_us INTEGER NOT NULL,
+        end_us INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        PRIMARY KEY (feature_set, feature_set_version, start_us)
+    );
+    CREATE TABLE jobs (
+        id TEXT NOT NULL PRIMARY KEY,
+        kind TEXT NOT NULL,
+        feature_set TEXT NOT NULL,
+        feature_set_version TEXT NOT NULL,
+        start_us INTEGER NOT NULL,
+        end_us INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE tasks (
+        job_id TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        start_us INTEGER NOT NULL,
+        end_us INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        rows_written INTEGER,
+        table_version INTEGER,
+        error TEXT,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (job_id, idx)
+    );",
+    ),
+];

@@ -663,3 +663,98 @@ fn registry_commands_register_discover_and_archive() {
     let err = failed(&run(&["feature", "list", "--tag", "team"]));
     assert!(err.contains("--tag 'team' is not key=value"), "{err}");
 }
+
+#[test]
+fn backfill_status_and_jobs_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    sample_data(root, 30, 1500, 20);
+    let tx = example_spec("transactions", root);
+    let set = tx.parent().unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/fraud/featuresets/transactions/featureset_asset.yaml"),
+        set.join("featureset_asset.yaml"),
+    )
+    .unwrap();
+    let entity =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fraud/entities/account.yaml");
+    ok(&almanac(
+        &["entity", "create", "--file", entity.to_str().unwrap()],
+        root,
+    ));
+    let asset = set.join("featureset_asset.yaml");
+    ok(&almanac(
+        &["featureset", "create", "--file", asset.to_str().unwrap()],
+        root,
+    ));
+
+    let out = ok(&almanac(
+        &[
+            "backfill",
+            "transactions:1",
+            "--start",
+            "2023-01-08",
+            "--end",
+            "2023-01-11",
+        ],
+        root,
+    ));
+    assert!(out.contains("succeeded: 3 task(s), 0 failed"), "{out}");
+    let status = ok(&almanac(&["featureset", "status", "transactions:1"], root));
+    assert!(
+        status.contains("[2023-01-08T00:00:00Z, 2023-01-11T00:00:00Z) Complete"),
+        "{status}"
+    );
+    let job = status
+        .lines()
+        .find_map(|l| l.split_whitespace().find(|w| w.starts_with("backfill-")))
+        .unwrap()
+        .to_string();
+    let show = ok(&almanac(&["job", "show", &job], root));
+    assert!(
+        show.contains("task 2") && show.contains("succeeded  attempts 1"),
+        "{show}"
+    );
+    assert!(ok(&almanac(&["job", "list"], root)).contains(&job));
+    let again = ok(&almanac(
+        &[
+            "backfill",
+            "transactions:1",
+            "--start",
+            "2023-01-08",
+            "--end",
+            "2023-01-11",
+        ],
+        root,
+    ));
+    assert!(again.contains("nothing to backfill"), "{again}");
+    let err = failed(&almanac(
+        &[
+            "backfill",
+            "transactions:1",
+            "--start",
+            "2023-01-11",
+            "--end",
+            "2023-01-08",
+        ],
+        root,
+    ));
+    assert!(err.contains("must be before --end"), "{err}");
+    let err = failed(&almanac(
+        &[
+            "backfill",
+            "transactions:1",
+            "--start",
+            "2023-01-08",
+            "--end",
+            "2023-01-11",
+            "--data-status",
+            "Done",
+        ],
+        root,
+    ));
+    assert!(err.contains("'Done' is not a data status"), "{err}");
+    let err = failed(&almanac(&["backfill", "--job", "backfill-nope"], root));
+    assert!(err.contains("unknown job backfill-nope"), "{err}");
+}

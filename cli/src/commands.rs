@@ -32,7 +32,7 @@ transactions:local:transaction_amount_3d_avg,transactions:local:transaction_7d_c
 accounts:local:accountAge,accounts:local:isUserRegistered,accounts:local:numPaymentRejects1dPerUser";
 
 /// Rows printed by `spec sample` when no --limit is given.
-const DEFAULT_PRINT_LIMIT: usize = 20;
+pub(crate) const DEFAULT_PRINT_LIMIT: usize = 20;
 
 pub(crate) async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     // Every flag is checked before any file is read or written.
@@ -284,7 +284,7 @@ pub(crate) async fn sample_loaded(
 }
 
 /// Writes batches to one parquet file through a temporary sibling, so a failure leaves nothing.
-fn write_parquet_atomic(path: &Path, batches: &[RecordBatch]) -> Result<(), CliError> {
+pub(crate) fn write_parquet_atomic(path: &Path, batches: &[RecordBatch]) -> Result<(), CliError> {
     use datafusion::parquet::arrow::ArrowWriter;
     let Some(first) = batches.first() else {
         return Err(CliError::Usage(
@@ -504,6 +504,16 @@ fn print_retrieval(s: &RetrieveSummary, indent: &str, out: &mut dyn Write) -> Re
             "{indent}  {set}: {matched} of {} rows matched a feature row",
             s.rows_in
         )?;
+    }
+    for (set, gaps) in &s.incomplete {
+        writeln!(
+            out,
+            "{indent}  warning: {set} is not materialized over all the time these observations \
+             need; rows there got no values from it (backfill them, then retrieve again):"
+        )?;
+        for g in gaps {
+            writeln!(out, "{indent}    {g}")?;
+        }
     }
     Ok(())
 }

@@ -168,8 +168,24 @@ pub(crate) async fn featureset(
             output,
         } => {
             let r: FeatureSetRef = feature_set.parse()?;
-            crate::commands::window_args(&start, &end)?;
-            let fs = Registry::open(home)?.require_feature_set(&r)?;
+            let window = crate::commands::window_args(&start, &end)?;
+            let registry = Registry::open(home)?;
+            let fs = registry.require_feature_set(&r)?;
+            if fs.offline_enabled {
+                let timeline = registry.timeline(&r)?;
+                drop(registry);
+                return sample_offline(
+                    config,
+                    home,
+                    &fs,
+                    window,
+                    &timeline,
+                    limit,
+                    output.as_deref(),
+                    out,
+                )
+                .await;
+            }
             crate::commands::sample_loaded(
                 config,
                 &fs.spec,
@@ -413,6 +429,81 @@ pub(crate) async fn backfill(
              Incomplete: retry with `almanac backfill --job {job}`",
             report.failed()
         )));
+    }
+    Ok(())
+}
+
+/// `featureset sample` of a set with offline materialization: what the offline store holds.
+#[allow(clippy::too_many_arguments)]
+async fn sample_offline(
+    config: EngineConfig,
+    home: &Path,
+    fs: &almanac_jobs::registry::RegisteredFeatureSet,
+    window: almanac_jobs::source::TimeRange,
+    timeline: &almanac_jobs::materialize::Timeline,
+    limit: Option<usize>,
+    output: Option<&Path>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    use datafusion::prelude::ident;
+    let r = &fs.reference;
+    let spec = &fs.spec.spec;
+    let engine = almanac_jobs::engine::Engine::embedded(config).await?;
+    let url = almanac_jobs::offline::table_url(home, r)?;
+    let limit = match (output, limit) {
+        (_, Some(l)) => Some(l),
+        (None, None) => Some(crate::commands::DEFAULT_PRINT_LIMIT),
+        (Some(_), None) => None,
+    };
+    let batches = match almanac_jobs::offline::read_range(&engine, &url, spec, window).await? {
+        None => Vec::new(),
+        Some(frame) => {
+            let mut order = vec![ident(spec.timestamp_name()).sort(true, true)];
+            order.extend(
+                spec.index_names()
+                    .iter()
+                    .map(|k| ident(*k).sort(true, true)),
+            );
+            frame
+                .sort(order)
+                .and_then(|df| df.limit(0, limit))
+                .map_err(|e| CliError::Usage(format!("cannot read the offline store: {e}")))?
+                .collect()
+                .await
+                .map_err(|e| CliError::Usage(format!("cannot read the offline store: {e}")))?
+        }
+    };
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    match output {
+        Some(path) => {
+            crate::commands::write_parquet_atomic(path, &batches)?;
+            writeln!(
+                out,
+                "wrote {rows} row(s) of {r} from the offline store to {}",
+                path.display()
+            )?;
+        }
+        None => {
+            writeln!(
+                out,
+                "{}",
+                datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                    .map_err(|e| CliError::Usage(e.to_string()))?
+            )?;
+            writeln!(
+                out,
+                "{rows} row(s) of {r} from the offline store in [{}, {})",
+                format_instant(window.start),
+                format_instant(window.end)
+            )?;
+        }
+    }
+    for gap in timeline
+        .within(window)
+        .iter()
+        .filter(|i| i.status != DataStatus::Complete)
+    {
+        writeln!(out, "warning: not materialized: {gap}")?;
     }
     Ok(())
 }

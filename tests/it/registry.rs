@@ -2,10 +2,14 @@
 
 use std::path::{Path, PathBuf};
 
+use almanac_jobs::backfill::{BackfillOptions, backfill};
+use almanac_jobs::materialize::DataStatus;
 use almanac_jobs::registry::{Created, FeatureFilter, FeatureSetRef, Registry};
 use almanac_jobs::retrieve::{RetrieveOptions, parse_feature_list, retrieve};
 use almanac_jobs::sample_data::{SampleDataOptions, generate};
+use almanac_jobs::source::TimeRange;
 use almanac_jobs::spec::{EntitySpec, Stage};
+use almanac_tests::fixtures::{DAY, t};
 
 use crate::common::engine;
 
@@ -248,6 +252,39 @@ async fn registered_sets_retrieve_exactly_as_their_local_specs() {
         rows_per_file: 500,
         home: Some(home.clone()),
     };
+    // transactions:1 is read from its offline store: before any backfill, nothing is there,
+    // and the retrieval says so instead of passing the nulls off as data.
+    let early = retrieve(
+        &engine,
+        &run(
+            "transactions:1:transaction_7d_count,accounts:1:accountAge",
+            "early",
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(early.matches[0], ("transactions:1".to_string(), 0));
+    assert_eq!(early.incomplete.len(), 1);
+    assert_eq!(early.incomplete[0].0, "transactions:1");
+    assert!(
+        early.incomplete[0]
+            .1
+            .iter()
+            .all(|g| g.status == DataStatus::None)
+    );
+
+    let options = BackfillOptions {
+        feature_set: FeatureSetRef::new("transactions", "1"),
+        window: TimeRange {
+            start: t("2023-01-01"),
+            end: t("2023-01-31"),
+        },
+        statuses: vec![DataStatus::None],
+        partition: DAY,
+        parallel_tasks: 2,
+    };
+    let report = backfill(&engine, &home, &options, &|_| {}).await.unwrap();
+    assert_eq!(report.failed(), 0);
     let registered = retrieve(
         &engine,
         &run(
@@ -257,6 +294,11 @@ async fn registered_sets_retrieve_exactly_as_their_local_specs() {
     )
     .await
     .unwrap();
+    assert!(
+        registered.incomplete.is_empty(),
+        "{:?}",
+        registered.incomplete
+    );
     retrieve(
         &engine,
         &run(

@@ -398,3 +398,83 @@ fn deduplicated(frame: DataFrame, spec: &FeatureSetSpec) -> Result<DataFrame> {
         .and_then(|df| df.select(columns))
         .context(|| "cannot plan deduplication".to_string())
 }
+
+/// The materialized rows of `range` (index columns, timestamp, features, creation time), read
+/// from only the day partitions the range touches; `None` when no day in range has any.
+pub async fn read_range(
+    engine: &Engine,
+    url: &Url,
+    spec: &FeatureSetSpec,
+    range: TimeRange,
+) -> Result<Option<DataFrame>> {
+    let ctx = engine.session();
+    let ts = spec.timestamp_name();
+    let mut columns: Vec<Expr> = spec.index_names().into_iter().map(ident).collect();
+    columns.push(ident(ts));
+    columns.extend(spec.features.iter().map(|f| ident(&f.name)));
+    columns.push(ident(CREATE_TIMESTAMP));
+    let files = if url
+        .to_file_path()
+        .is_ok_and(|dir| !dir.join("_delta_log").exists())
+    {
+        Vec::new()
+    } else {
+        let table = open_or_create(engine, url, spec).await?;
+        let err = delta_error(url);
+        let first =
+            format_instant(range.start.div_euclid(DAY_MICROS) * DAY_MICROS)[..10].to_string();
+        let last = format_instant(range.end.saturating_sub(1))[..10].to_string();
+        let snapshot = table.snapshot().map_err(&err)?;
+        let mut files = Vec::new();
+        for f in snapshot.log_data().iter() {
+            let day = f.partition_values_map().get(DAY).cloned().flatten();
+            if day.is_some_and(|d| d >= first && d <= last) {
+                let file = url.join(&f.path()).map_err(|e| {
+                    JobsError::InvalidInput(format!("offline store {url}: bad file path: {e}"))
+                })?;
+                files.push(
+                    datafusion::datasource::listing::ListingTableUrl::parse(file.as_str())
+                        .context(|| format!("offline store {url}"))?,
+                );
+            }
+        }
+        files
+    };
+    let bound = |micros: i64| {
+        lit(ScalarValue::TimestampMicrosecond(
+            Some(micros),
+            Some("UTC".into()),
+        ))
+    };
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let frame = {
+        let state = ctx.state();
+        let options = datafusion::datasource::listing::ListingOptions::new(Arc::new(
+            datafusion::datasource::file_format::parquet::ParquetFormat::default()
+                .with_options(state.table_options().parquet.clone()),
+        ));
+        let schema = options
+            .infer_schema(&state, &files[0])
+            .await
+            .context(|| format!("cannot read the offline store {url}"))?;
+        let config =
+            datafusion::datasource::listing::ListingTableConfig::new_with_multi_paths(files)
+                .with_listing_options(options)
+                .with_schema(schema);
+        let table = datafusion::datasource::listing::ListingTable::try_new(config)
+            .context(|| format!("cannot read the offline store {url}"))?;
+        ctx.read_table(Arc::new(table))
+            .and_then(|df| df.select(columns))
+            .context(|| format!("cannot read the offline store {url}"))?
+    };
+    frame
+        .filter(
+            ident(ts)
+                .gt_eq(bound(range.start))
+                .and(ident(ts).lt(bound(range.end))),
+        )
+        .context(|| format!("cannot read the offline store {url}"))
+        .map(Some)
+}

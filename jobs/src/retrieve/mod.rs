@@ -33,6 +33,7 @@ use crate::asof_join::{AsOfJoinNode, AsOfJoinParams};
 use crate::compute::plan_window;
 use crate::engine::Engine;
 use crate::error::{EngineResultExt, JobsError, Result};
+use crate::materialize::{DataStatus, Interval};
 use crate::part_writer::{Layout, PartWriterNode, PartWriterParams, REPORT_TALLIES};
 use crate::source::{Source, TimeRange};
 use crate::spec::{
@@ -83,6 +84,9 @@ pub struct RetrieveSummary {
     pub files: usize,
     /// Observation rows that found a feature row, per feature set (`name:version`).
     pub matches: Vec<(String, u64)>,
+    /// Per feature set read from the offline store, the stretches of the time it needed that
+    /// are not Complete there.
+    pub incomplete: Vec<(String, Vec<Interval>)>,
     pub elapsed: Duration,
 }
 
@@ -162,6 +166,7 @@ pub async fn retrieve(engine: &Engine, options: &RetrieveOptions) -> Result<Retr
         .into_unoptimized_plan();
 
     let mut sources: Vec<(Source, TimeRange)> = Vec::new();
+    let mut incomplete: Vec<(String, Vec<Interval>)> = Vec::new();
     let mut match_columns = Vec::new();
     for (i, (set, keys)) in sets.iter().zip(&left_keys).enumerate() {
         let spec = &set.loaded.spec;
@@ -179,8 +184,6 @@ pub async fn retrieve(engine: &Engine, options: &RetrieveOptions) -> Result<Retr
             end: window.end.max(window.start.saturating_add(1)),
             ..window
         };
-        let frame = plan_window(engine, &set.loaded, window).await?;
-        sources.push((frame.source.clone(), frame.read_range));
         let mut features: Vec<&str> = Vec::new();
         for f in &spec.features {
             if set.requests.iter().any(|r| r.feature == f.name) {
@@ -190,12 +193,40 @@ pub async fn retrieve(engine: &Engine, options: &RetrieveOptions) -> Result<Retr
         let mut right_columns: Vec<Expr> = spec.index_names().into_iter().map(ident).collect();
         right_columns.push(ident(spec.timestamp_name()));
         right_columns.extend(features.iter().map(|f| ident(*f)));
+        let mut tiebreak: Vec<String> = features.iter().map(|f| f.to_string()).collect();
+        let match_column = format!("{HIDDEN}match_{i}");
+        let frame = match &set.offline {
+            // Registered with offline materialization: read what was materialized, and say
+            // where that is not Complete rather than return nulls silently.
+            Some(offline) => {
+                let first_needed = span.map_or(window.end, |(lo, _)| lo.saturating_sub(delay));
+                if let Some(gaps) = coverage_gaps(offline, window, lookback.is_none(), first_needed)
+                {
+                    incomplete.push((set.reference.clone(), gaps));
+                }
+                right_columns.push(ident(crate::offline::CREATE_TIMESTAMP));
+                // The row written last wins a timestamp tie.
+                tiebreak.insert(0, crate::offline::CREATE_TIMESTAMP.to_string());
+                match crate::offline::read_range(engine, &offline.table, spec, window).await? {
+                    Some(frame) => frame,
+                    None => {
+                        // Nothing materialized in range: every row gets nulls, no join needed.
+                        plan = without_matches(plan, set, &match_column)?;
+                        match_columns.push(match_column);
+                        continue;
+                    }
+                }
+            }
+            None => {
+                let frame = plan_window(engine, &set.loaded, window).await?;
+                sources.push((frame.source.clone(), frame.read_range));
+                frame.frame
+            }
+        };
         let right = frame
-            .frame
             .select(right_columns)
             .context(|| format!("cannot plan feature set {}", set.reference))?
             .into_unoptimized_plan();
-        let match_column = format!("{HIDDEN}match_{i}");
         let params = AsOfJoinParams {
             left_keys: keys.iter().map(|k| k.name().to_string()).collect(),
             right_keys: spec.index_names().iter().map(|s| s.to_string()).collect(),
@@ -203,7 +234,7 @@ pub async fn retrieve(engine: &Engine, options: &RetrieveOptions) -> Result<Retr
             right_time: spec.timestamp_name().to_string(),
             lookback,
             delay,
-            tiebreak: features.iter().map(|f| f.to_string()).collect(),
+            tiebreak,
             outputs: set
                 .requests
                 .iter()
@@ -297,6 +328,7 @@ pub async fn retrieve(engine: &Engine, options: &RetrieveOptions) -> Result<Retr
             .map(|s| s.reference.clone())
             .zip(tallies)
             .collect(),
+        incomplete,
         elapsed: started.elapsed(),
     };
     tracing::info!(
@@ -306,6 +338,70 @@ pub async fn retrieve(engine: &Engine, options: &RetrieveOptions) -> Result<Retr
         "retrieval written"
     );
     Ok(summary)
+}
+
+/// Adds a set's requested features as nulls and its match flag as false.
+fn without_matches(
+    plan: LogicalPlan,
+    set: &ResolvedSet,
+    match_column: &str,
+) -> Result<LogicalPlan> {
+    let mut columns: Vec<Expr> = plan
+        .schema()
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect();
+    for r in &set.requests {
+        let feature = set
+            .loaded
+            .spec
+            .features
+            .iter()
+            .find(|f| f.name == r.feature)
+            .expect("requests were checked against the spec");
+        columns.push(
+            datafusion::logical_expr::cast(
+                lit(datafusion::common::ScalarValue::Null),
+                feature.data_type.arrow_type(),
+            )
+            .alias(r.output()),
+        );
+    }
+    columns.push(lit(false).alias(match_column));
+    datafusion::logical_expr::LogicalPlanBuilder::from(plan)
+        .project(columns)
+        .and_then(|b| b.build())
+        .context(|| format!("cannot plan feature set {}", set.reference))
+}
+
+/// The parts of `window` the offline store does not hold as Complete. With an unbounded
+/// lookback, time before the first materialized interval is history that was never asked for,
+/// not a gap.
+fn coverage_gaps(
+    offline: &request::OfflineSource,
+    window: TimeRange,
+    unbounded: bool,
+    first_needed: i64,
+) -> Option<Vec<Interval>> {
+    // With an unbounded lookback, `window` starts at the beginning of time; gaps matter from the
+    // first observation's own upper bound `first_needed`, or from the first materialized
+    // interval if that is earlier.
+    let start = match (unbounded, offline.timeline.intervals().first()) {
+        (true, Some(first)) => first.start.min(first_needed),
+        (true, None) => first_needed,
+        (false, _) => window.start,
+    };
+    let gaps: Vec<Interval> = offline
+        .timeline
+        .within(TimeRange {
+            start,
+            end: window.end,
+        })
+        .into_iter()
+        .filter(|i| i.status != DataStatus::Complete)
+        .collect();
+    (!gaps.is_empty()).then_some(gaps)
 }
 
 /// Rejects feature sets whose join window `[t − lookback, t − delay]` is empty.

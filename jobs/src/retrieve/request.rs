@@ -124,6 +124,15 @@ pub struct ResolvedSet {
     /// Where the spec came from, written as the store `uri` of the output's retrieval spec.
     pub uri: String,
     pub requests: Vec<FeatureRequest>,
+    /// For registered sets with offline materialization: their table and data intervals.
+    pub offline: Option<OfflineSource>,
+}
+
+/// Where a registered set's materialized rows are.
+#[derive(Debug, Clone)]
+pub struct OfflineSource {
+    pub table: url::Url,
+    pub timeline: crate::materialize::Timeline,
 }
 
 /// Resolves requests to feature sets and checks features and output names.
@@ -160,11 +169,12 @@ pub fn resolve(
         }
         if !sets.iter().any(|s| s.reference == reference) {
             match load_set(request, local, home, &mut registry) {
-                Ok((loaded, uri)) => sets.push(ResolvedSet {
+                Ok((loaded, uri, offline)) => sets.push(ResolvedSet {
                     reference: reference.clone(),
                     loaded,
                     uri,
                     requests: Vec::new(),
+                    offline,
                 }),
                 Err(message) => {
                     problems.push(message);
@@ -205,7 +215,7 @@ fn load_set(
     local: &BTreeMap<String, PathBuf>,
     home: Option<&Path>,
     registry: &mut Option<Registry>,
-) -> std::result::Result<(LoadedSpec, String), String> {
+) -> std::result::Result<(LoadedSpec, String, Option<OfflineSource>), String> {
     if request.version != LOCAL_VERSION {
         let Some(home) = home else {
             return Err(format!(
@@ -227,7 +237,15 @@ fn load_set(
             }
         })?;
         let uri = format!("file://{}", absolute(registry.home()).display());
-        return Ok((fs.spec, uri));
+        let offline = if fs.offline_enabled {
+            Some(OfflineSource {
+                table: crate::offline::table_url(registry.home(), &r).map_err(|e| e.to_string())?,
+                timeline: registry.timeline(&r).map_err(|e| e.to_string())?,
+            })
+        } else {
+            None
+        };
+        return Ok((fs.spec, uri, offline));
     }
     let Some(dir) = local.get(&request.set) else {
         let locals = known_locals(local);
@@ -246,7 +264,7 @@ fn load_set(
     let loaded =
         LoadedSpec::load(dir).map_err(|e| format!("feature set {}: {e}", request.set_ref()))?;
     let uri = format!("file://{}", absolute(&loaded.dir).display());
-    Ok((loaded, uri))
+    Ok((loaded, uri, None))
 }
 
 fn known_locals(local: &BTreeMap<String, PathBuf>) -> String {

@@ -60,6 +60,44 @@ fn assert_close(got: &[String], expected: &[String]) {
     }
 }
 
+/// Reads a table with the `deltalake` Python package (installed by `.ci/run`): the rows as
+/// text, in the same form as [`rows`].
+fn python_delta_rows(url: &url::Url, columns: &[String]) -> Vec<String> {
+    let script = r#"
+import os, sys
+from deltalake import DeltaTable
+table = DeltaTable(sys.argv[1]).to_pyarrow_table()
+columns = sys.argv[2].split(",")
+data = table.to_pydict()
+for i in range(table.num_rows):
+    cells = []
+    for c in columns:
+        v = data[c][i]
+        cells.append(v.strftime("%Y-%m-%dT%H:%M:%SZ") if hasattr(v, "strftime") else str(v))
+    print("|".join(cells))
+sys.stdout.flush()
+os._exit(0)  # the package's runtime can abort while tearing down
+"#;
+    let path = url.to_file_path().unwrap();
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, path.to_str().unwrap(), &columns.join(",")])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "the Python Delta reader failed (install it with `pip install deltalake pyarrow`, as \
+         .ci/run does):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rows: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    rows.sort();
+    rows
+}
+
 /// Reads a table with delta-rs' DataFusion provider on a plain DataFusion session: nothing of
 /// Almanac's reading code is involved.
 async fn read_delta(url: &url::Url) -> (Vec<RecordBatch>, u64) {
@@ -129,6 +167,9 @@ async fn windows_materialized_whole_or_by_day_read_back_as_computed_and_commit_o
     assert!(
         schema.field_with_name(CREATE_TIMESTAMP).is_ok() && schema.field_with_name(DAY).is_ok()
     );
+
+    // A reader outside this process, built separately (delta-rs' Python release), agrees.
+    assert_close(&python_delta_rows(&whole, &columns), &expected);
 
     // Rerunning a day replaces it: same rows, a new version.
     let middle = TimeRange {

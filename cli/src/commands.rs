@@ -37,6 +37,9 @@ pub(crate) const DEFAULT_PRINT_LIMIT: usize = 20;
 pub(crate) async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     // Every flag is checked before any file is read or written.
     let config = engine_config(&cli.engine)?;
+    if let Some(root) = &cli.offline_root {
+        almanac_jobs::registry::Registry::open(&cli.home)?.set_offline_root(root)?;
+    }
     match cli.command {
         Command::Quickstart { dir, transactions } => {
             quickstart(config, &dir, transactions, out).await

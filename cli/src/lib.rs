@@ -28,6 +28,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "ALMANAC_HOME", default_value = ".almanac")]
     pub home: PathBuf,
 
+    /// Where the offline store's Delta tables go: a folder or object-store URL (s3://, az://,
+    /// abfss://, gs://). Recorded in the store on first use (default: <home>/offline).
+    #[arg(long, global = true, env = "ALMANAC_OFFLINE_ROOT")]
+    pub offline_root: Option<String>,
+
     /// Log format on stderr.
     #[arg(
         long,

@@ -449,7 +449,7 @@ async fn sample_offline(
     let r = &fs.reference;
     let spec = &fs.spec.spec;
     let engine = almanac_jobs::engine::Engine::embedded(config).await?;
-    let url = almanac_jobs::offline::table_url(home, r)?;
+    let url = almanac_jobs::offline::table_url(&Registry::open(home)?.offline_root()?, r)?;
     let limit = match (output, limit) {
         (_, Some(l)) => Some(l),
         (None, None) => Some(crate::commands::DEFAULT_PRINT_LIMIT),

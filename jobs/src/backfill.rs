@@ -119,7 +119,6 @@ pub async fn backfill(
         .collect();
     let (state, outcomes) = run_tasks(
         engine,
-        home,
         registry,
         &fs,
         &job,
@@ -166,17 +165,8 @@ pub async fn retry_job(
             "job {job} has no unfinished task to retry"
         )));
     }
-    let (state, outcomes) = run_tasks(
-        engine,
-        home,
-        registry,
-        &fs,
-        job,
-        tasks,
-        parallel_tasks,
-        on_task,
-    )
-    .await?;
+    let (state, outcomes) =
+        run_tasks(engine, registry, &fs, job, tasks, parallel_tasks, on_task).await?;
     Ok(BackfillReport {
         job: Some(job.clone()),
         state: Some(state),
@@ -189,7 +179,6 @@ pub async fn retry_job(
 #[allow(clippy::too_many_arguments)]
 async fn run_tasks(
     engine: &Engine,
-    home: &Path,
     registry: Registry,
     fs: &RegisteredFeatureSet,
     job: &JobId,
@@ -198,7 +187,7 @@ async fn run_tasks(
     on_task: &(dyn Fn(&TaskOutcome) + Sync),
 ) -> Result<(RunState, Vec<TaskOutcome>)> {
     let r = &fs.reference;
-    let url = table_url(home, r)?;
+    let url = table_url(&registry.offline_root()?, r)?;
     // Created once, before tasks race to create it.
     open_or_create(engine, &url, &fs.spec.spec).await?;
     let registry = Mutex::new(registry);

@@ -90,7 +90,8 @@ fn register(root: &Path, home: &Path, offline: bool) -> FeatureSetRef {
 
 /// (accountID, timestamp µs, ratio) rows of the offline table, read by delta-rs.
 async fn offline_rows(home: &Path, r: &FeatureSetRef) -> Vec<(String, i64, i64)> {
-    let table = deltalake::open_table(table_url(home, r).unwrap())
+    let root = Registry::open(home).unwrap().offline_root().unwrap();
+    let table = deltalake::open_table(table_url(&root, r).unwrap())
         .await
         .unwrap();
     let ctx = SessionContext::new();

@@ -679,8 +679,16 @@ fn backfill_status_and_jobs_through_the_cli() {
     .unwrap();
     let entity =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fraud/entities/account.yaml");
+    // The offline tables live apart from the home; the store records where.
     ok(&almanac(
-        &["entity", "create", "--file", entity.to_str().unwrap()],
+        &[
+            "--offline-root",
+            "lake",
+            "entity",
+            "create",
+            "--file",
+            entity.to_str().unwrap(),
+        ],
         root,
     ));
     let asset = set.join("featureset_asset.yaml");
@@ -701,6 +709,13 @@ fn backfill_status_and_jobs_through_the_cli() {
         root,
     ));
     assert!(out.contains("succeeded: 3 task(s), 0 failed"), "{out}");
+    assert!(root.join("lake/transactions/1/_delta_log").is_dir());
+    assert!(!root.join(".almanac/offline").exists());
+    let err = failed(&almanac(
+        &["--offline-root", "elsewhere", "job", "list"],
+        root,
+    ));
+    assert!(err.contains("keeps its offline tables at"), "{err}");
     let status = ok(&almanac(&["featureset", "status", "transactions:1"], root));
     assert!(
         status.contains("[2023-01-08T00:00:00Z, 2023-01-11T00:00:00Z) Complete"),

@@ -139,12 +139,13 @@ async fn windows_materialized_whole_or_by_day_read_back_as_computed_and_commit_o
     columns.extend(loaded.spec.features.iter().map(|f| f.name.clone()));
 
     // One task over the window, and one task per day into another store.
-    let whole = table_url(&root.join("whole"), &r).unwrap();
+    let dir_url = |name: &str| url::Url::from_directory_path(root.join(name)).unwrap();
+    let whole = table_url(&dir_url("whole"), &r).unwrap();
     let commit = materialize_task(&engine, &whole, &loaded, window, "job-1:0", 1)
         .await
         .unwrap();
     assert!(commit.rows > 0 && commit.version == Some(1), "{commit:?}");
-    let by_day = table_url(&root.join("by_day"), &r).unwrap();
+    let by_day = table_url(&dir_url("by_day"), &r).unwrap();
     for d in 0..3 {
         let day = TimeRange {
             start: start + d * DAY_US,

@@ -11,7 +11,6 @@
 //! that never committed are not in the log, so no reader sees them.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
@@ -42,13 +41,10 @@ pub const DAY: &str = "day";
 pub const CREATE_TIMESTAMP: &str = "create_timestamp";
 const DAY_MICROS: i64 = 86_400_000_000;
 
-/// The table of a feature set version under a store home.
-pub fn table_url(home: &Path, r: &FeatureSetRef) -> Result<Url> {
-    let dir = std::path::absolute(home.join("offline").join(&r.name).join(&r.version))
-        .map_err(|e| JobsError::io("cannot resolve", home, e))?;
-    Url::from_directory_path(&dir).map_err(|_| {
-        JobsError::InvalidInput(format!("{} is not a usable folder path", dir.display()))
-    })
+/// The table of a feature set version under the offline store root (a folder URL).
+pub fn table_url(root: &Url, r: &FeatureSetRef) -> Result<Url> {
+    root.join(&format!("{}/{}/", r.name, r.version))
+        .map_err(|e| JobsError::InvalidInput(format!("offline store root {root}: {e}")))
 }
 
 fn delta_type(t: FeatureType) -> DeltaType {

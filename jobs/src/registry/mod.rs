@@ -141,6 +141,80 @@ impl Registry {
         &self.home
     }
 
+    /// Where the offline store's tables are: the recorded root, else `<home>/offline/`.
+    pub fn offline_root(&self) -> Result<url::Url> {
+        let recorded: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'offline_root'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db_error("reading the offline store root"))?;
+        let text = match recorded {
+            Some(t) => t,
+            None => url::Url::from_directory_path(self.home.join("offline"))
+                .map_err(|_| {
+                    JobsError::InvalidInput(format!(
+                        "{} is not a usable folder",
+                        self.home.display()
+                    ))
+                })?
+                .to_string(),
+        };
+        url::Url::parse(&text).map_err(|e| {
+            JobsError::InvalidInput(format!("the offline store root '{text}' is not a URL: {e}"))
+        })
+    }
+
+    /// Records where the offline store's tables are (a folder or object-store URL ending in
+    /// a folder). A store keeps one root: giving another later is an error, since its tables
+    /// would seem to vanish.
+    pub fn set_offline_root(&mut self, root: &str) -> Result<url::Url> {
+        let mut url = if root.contains("://") {
+            url::Url::parse(root).map_err(|e| {
+                JobsError::InvalidInput(format!("--offline-root '{root}' is not a URL: {e}"))
+            })?
+        } else {
+            let dir =
+                std::path::absolute(root).map_err(|e| JobsError::io("cannot resolve", root, e))?;
+            url::Url::from_directory_path(&dir).map_err(|_| {
+                JobsError::InvalidInput(format!("--offline-root {root} is not a usable folder"))
+            })?
+        };
+        if !url.path().ends_with('/') {
+            url.set_path(&format!("{}/", url.path()));
+        }
+        let context = "recording the offline store root";
+        let recorded: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'offline_root'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db_error(context))?;
+        match recorded {
+            Some(r) if r == url.as_str() => Ok(url),
+            Some(r) => Err(JobsError::InvalidInput(format!(
+                "the store at {} keeps its offline tables at {r}; --offline-root {url} differs \
+                 (a store has one offline root)",
+                self.home.display()
+            ))),
+            None => {
+                self.conn
+                    .execute(
+                        "INSERT INTO settings (key, value) VALUES ('offline_root', ?1)",
+                        params![url.as_str()],
+                    )
+                    .map_err(db_error(context))?;
+                Ok(url)
+            }
+        }
+    }
+
     /// Where a feature set version's spec is stored.
     pub fn spec_dir(&self, r: &FeatureSetRef) -> PathBuf {
         self.home

@@ -88,4 +88,11 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         PRIMARY KEY (job_id, idx)
     );",
     ),
+    (
+        3,
+        "CREATE TABLE settings (
+        key TEXT NOT NULL PRIMARY KEY,
+        value TEXT NOT NULL
+    );",
+    ),
 ];

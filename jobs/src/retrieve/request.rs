@@ -239,7 +239,10 @@ fn load_set(
         let uri = format!("file://{}", absolute(registry.home()).display());
         let offline = if fs.offline_enabled {
             Some(OfflineSource {
-                table: crate::offline::table_url(registry.home(), &r).map_err(|e| e.to_string())?,
+                table: registry
+                    .offline_root()
+                    .and_then(|root| crate::offline::table_url(&root, &r))
+                    .map_err(|e| e.to_string())?,
                 timeline: registry.timeline(&r).map_err(|e| e.to_string())?,
             })
         } else {

@@ -168,6 +168,10 @@ pub struct BackfillArgs {
     /// Instead of a window: rerun the unfinished tasks of this job.
     #[arg(long, conflicts_with_all = ["feature_set", "start", "end"])]
     pub job: Option<String>,
+    /// Wait for the job to end. Embedded (no scheduler), the command always runs the job to
+    /// its end, so this is what happens anyway; it is accepted so scripts work both ways.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -27,6 +27,7 @@ use crate::spec::{ColumnSpec, EntitySpec, FeatureSetAsset, LoadedSpec, Stage};
 /// The default store home, relative to the working folder.
 pub const DEFAULT_HOME: &str = ".almanac";
 const DB_FILE: &str = "registry.db";
+const OFFLINE_ROOT: &str = "offline_root";
 
 /// Whether a create call added something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,18 +142,18 @@ impl Registry {
         &self.home
     }
 
+    fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(db_error(format!("reading setting {key}")))
+    }
+
     /// Where the offline store's tables are: the recorded root, else `<home>/offline/`.
     pub fn offline_root(&self) -> Result<url::Url> {
-        let recorded: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT value FROM settings WHERE key = 'offline_root'",
-                [],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(db_error("reading the offline store root"))?;
-        let text = match recorded {
+        let text = match self.setting(OFFLINE_ROOT)? {
             Some(t) => t,
             None => url::Url::from_directory_path(self.home.join("offline"))
                 .map_err(|_| {
@@ -187,16 +188,7 @@ impl Registry {
             url.set_path(&format!("{}/", url.path()));
         }
         let context = "recording the offline store root";
-        let recorded: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT value FROM settings WHERE key = 'offline_root'",
-                [],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(db_error(context))?;
-        match recorded {
+        match self.setting(OFFLINE_ROOT)? {
             Some(r) if r == url.as_str() => Ok(url),
             Some(r) => Err(JobsError::InvalidInput(format!(
                 "the store at {} keeps its offline tables at {r}; --offline-root {url} differs \
@@ -206,8 +198,8 @@ impl Registry {
             None => {
                 self.conn
                     .execute(
-                        "INSERT INTO settings (key, value) VALUES ('offline_root', ?1)",
-                        params![url.as_str()],
+                        "INSERT INTO settings (key, value) VALUES (?1, ?2)",
+                        params![OFFLINE_ROOT, url.as_str()],
                     )
                     .map_err(db_error(context))?;
                 Ok(url)

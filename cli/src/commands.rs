@@ -55,6 +55,8 @@ pub(crate) async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Featureset(c) => crate::store::featureset(config, &cli.home, c, out).await,
         Command::Backfill(args) => crate::store::backfill(config, &cli.home, &args, out).await,
         Command::Job(c) => crate::store::job(&cli.home, c, out),
+        Command::RetrievalSpec(c) => crate::store::retrieval_spec(&cli.home, c, out),
+        Command::Model(c) => crate::store::model(&cli.home, c, out),
     }
 }
 
@@ -479,6 +481,23 @@ async fn retrieve(
     args: &RetrieveArgs,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
+    let mut args_with_model;
+    let args = match &args.model {
+        Some(model) => {
+            let r: almanac_jobs::registry::ModelRef = model.parse()?;
+            let registry = almanac_jobs::registry::Registry::open(home)?;
+            registry.model(&r)?.ok_or_else(|| {
+                CliError::Usage(format!(
+                    "unknown model {r} in {}",
+                    registry.home().display()
+                ))
+            })?;
+            args_with_model = RetrieveArgs { ..args.clone() };
+            args_with_model.spec = Some(registry.model_dir(&r));
+            &args_with_model
+        }
+        None => args,
+    };
     let mut options = retrieve_options(args)?;
     options.home = Some(home.to_path_buf());
     let engine = engine(config).await?;

@@ -97,6 +97,12 @@ pub enum Command {
     /// Jobs recorded in the store.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Feature retrieval specs: the feature list a model is trained with.
+    #[command(subcommand)]
+    RetrievalSpec(RetrievalSpecCommand),
+    /// Registered models and the feature sets they use.
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Measure Almanac on generated data (use a release build).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -144,6 +150,8 @@ pub enum FeaturesetCommand {
     Restore { feature_set: String },
     /// Data intervals (None / Pending / Incomplete / Complete) and recent jobs of a version.
     Status { feature_set: String },
+    /// The registered models that use a version.
+    Models { feature_set: String },
 }
 
 #[derive(Debug, Args)]
@@ -172,6 +180,41 @@ pub struct BackfillArgs {
     /// its end, so this is what happens anyway; it is accepted so scripts work both ways.
     #[arg(long)]
     pub wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetrievalSpecCommand {
+    /// Write DIR/feature_retrieval_spec.yaml for registered features.
+    Create {
+        /// set:version:feature[=output_name], comma-separated; registered sets only.
+        #[arg(long, value_delimiter = ',', required = true)]
+        features: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing spec file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Register a model folder (its files are copied into the store); it must hold the
+    /// feature_retrieval_spec.yaml it was trained with, at its root.
+    // `--version` here is the model's; clap's own version flag is not offered on this command.
+    #[command(disable_version_flag = true)]
+    Register {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        path: PathBuf,
+    },
+    /// Registered models and the feature sets they use.
+    List,
+    /// One model: name:version.
+    Show { model: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,7 +274,7 @@ pub struct BenchRetrieveArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RetrieveArgs {
     /// Features to retrieve, as set:version:feature, each optionally renamed with =NAME;
     /// comma-separated, and the flag may be repeated.
@@ -240,6 +283,10 @@ pub struct RetrieveArgs {
     /// Folder holding feature_retrieval_spec.yaml (or the file); its features come first.
     #[arg(long)]
     pub spec: Option<PathBuf>,
+    /// Use the retrieval spec packaged with this registered model (name:version): batch
+    /// inference with the features it was trained on.
+    #[arg(long, conflicts_with = "spec")]
+    pub model: Option<String>,
     /// Make the spec in DIR available as feature set NAME, version `local`: NAME=DIR. Repeatable.
     #[arg(long = "local", value_name = "NAME=DIR")]
     pub local: Vec<String>,
@@ -373,4 +420,16 @@ pub struct SampleArgs {
 /// Runs a parsed command line, writing user-facing output to `out`.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     commands::run(cli, out).await
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks the whole command tree (clashing names, bad defaults) only when a command
+    /// is parsed; this checks every subcommand at once.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

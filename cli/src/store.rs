@@ -229,6 +229,16 @@ pub(crate) async fn featureset(
                 }
             }
         }
+        FeaturesetCommand::Models { feature_set } => {
+            let r: FeatureSetRef = feature_set.parse()?;
+            let models = Registry::open(home)?.models_using(&r)?;
+            if models.is_empty() {
+                writeln!(out, "no registered model uses {r}")?;
+            }
+            for m in models {
+                writeln!(out, "{m}")?;
+            }
+        }
         FeaturesetCommand::Restore { feature_set } => {
             let r: FeatureSetRef = feature_set.parse()?;
             Registry::open(home)?.set_stage(&r, Stage::Development)?;
@@ -504,6 +514,101 @@ async fn sample_offline(
         .filter(|i| i.status != DataStatus::Complete)
     {
         writeln!(out, "warning: not materialized: {gap}")?;
+    }
+    Ok(())
+}
+
+pub(crate) fn retrieval_spec(
+    home: &Path,
+    command: crate::RetrievalSpecCommand,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let crate::RetrievalSpecCommand::Create {
+        features,
+        out: dir,
+        force,
+    } = command;
+    let mut requests = Vec::new();
+    for f in &features {
+        requests.extend(almanac_jobs::retrieve::parse_feature_list(f)?);
+    }
+    let file = dir.join(almanac_jobs::spec::RETRIEVAL_SPEC_FILE_NAME);
+    if file.exists() && !force {
+        return Err(CliError::Usage(format!(
+            "{} already exists; pass --force to replace it",
+            file.display()
+        )));
+    }
+    let spec = almanac_jobs::retrieve::registered_spec(&requests, home)?;
+    almanac_jobs::spec::write_atomic(&file, spec.to_yaml().as_bytes())?;
+    writeln!(
+        out,
+        "wrote {} ({} feature(s))",
+        file.display(),
+        requests.len()
+    )?;
+    Ok(())
+}
+
+pub(crate) fn model(
+    home: &Path,
+    command: crate::ModelCommand,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    use almanac_jobs::registry::ModelRef;
+    match command {
+        crate::ModelCommand::Register {
+            name,
+            version,
+            path,
+        } => {
+            let r = ModelRef::new(name, version);
+            let mut registry = Registry::open(home)?;
+            let c = registry.register_model(&r, &path)?;
+            writeln!(
+                out,
+                "{}",
+                created("model", &r.to_string(), c, registry.home())
+            )?;
+            if let Some(m) = registry.model(&r)? {
+                let sets: Vec<String> = m.feature_sets.iter().map(|f| f.to_string()).collect();
+                writeln!(out, "uses feature sets: {}", sets.join(", "))?;
+            }
+        }
+        crate::ModelCommand::List => {
+            let registry = Registry::open(home)?;
+            let models = registry.models()?;
+            if models.is_empty() {
+                writeln!(out, "no models registered in {}", registry.home().display())?;
+            }
+            for m in models {
+                let sets: Vec<String> = m.feature_sets.iter().map(|f| f.to_string()).collect();
+                writeln!(
+                    out,
+                    "{}  uses {}  registered {}",
+                    m.reference,
+                    sets.join(", "),
+                    m.created_at
+                )?;
+            }
+        }
+        crate::ModelCommand::Show { model } => {
+            let r: ModelRef = model.parse()?;
+            let registry = Registry::open(home)?;
+            let m = registry.model(&r)?.ok_or_else(|| {
+                CliError::Usage(format!(
+                    "unknown model {r} in {}",
+                    registry.home().display()
+                ))
+            })?;
+            writeln!(out, "model {r}")?;
+            writeln!(out, "registered: {}", m.created_at)?;
+            writeln!(out, "files: {}", m.dir.display())?;
+            writeln!(out, "feature sets:")?;
+            for f in &m.feature_sets {
+                writeln!(out, "  {f}")?;
+            }
+        }
     }
     Ok(())
 }

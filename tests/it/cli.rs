@@ -773,3 +773,214 @@ fn backfill_status_and_jobs_through_the_cli() {
     let err = failed(&almanac(&["backfill", "--job", "backfill-nope"], root));
     assert!(err.contains("unknown job backfill-nope"), "{err}");
 }
+
+/// Copies an example feature set folder (asset and spec) under `root/featuresets/`.
+fn example_set(name: &str, root: &Path) -> PathBuf {
+    let spec = example_spec(name, root);
+    let set = spec.parent().unwrap().to_path_buf();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/fraud/featuresets")
+            .join(name)
+            .join("featureset_asset.yaml"),
+        set.join("featureset_asset.yaml"),
+    )
+    .unwrap();
+    set.join("featureset_asset.yaml")
+}
+
+#[test]
+fn retrieval_specs_models_lineage_and_batch_inference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    sample_data(root, 30, 1500, 30);
+    let entity =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fraud/entities/account.yaml");
+    ok(&almanac(
+        &["entity", "create", "--file", entity.to_str().unwrap()],
+        root,
+    ));
+    for set in ["transactions", "accounts"] {
+        let asset = example_set(set, root);
+        ok(&almanac(
+            &["featureset", "create", "--file", asset.to_str().unwrap()],
+            root,
+        ));
+    }
+    ok(&almanac(
+        &[
+            "backfill",
+            "transactions:1",
+            "--start",
+            "2023-01-01",
+            "--end",
+            "2023-01-31",
+        ],
+        root,
+    ));
+
+    // Retrieval specs hold registered features only.
+    let out = ok(&almanac(
+        &[
+            "retrieval-spec",
+            "create",
+            "--features",
+            "transactions:1:transaction_7d_count,accounts:1:accountAge=age",
+            "--out",
+            "model_a",
+        ],
+        root,
+    ));
+    assert!(out.contains("2 feature(s)"), "{out}");
+    let spec = std::fs::read_to_string(root.join("model_a/feature_retrieval_spec.yaml")).unwrap();
+    assert!(
+        spec.contains("feature_set: transactions:1") && spec.contains("output_name: age"),
+        "{spec}"
+    );
+    for (features, expected) in [
+        ("transactions:local:transaction_7d_count", "a local spec"),
+        ("nope:1:x", "unknown feature set nope:1"),
+        (
+            "transactions:2:transaction_7d_count",
+            "unknown feature set transactions:2",
+        ),
+        ("transactions:1:nope", "has no feature 'nope'"),
+    ] {
+        let err = failed(&almanac(
+            &[
+                "retrieval-spec",
+                "create",
+                "--features",
+                features,
+                "--out",
+                "bad",
+            ],
+            root,
+        ));
+        assert!(err.contains(expected), "{features}: {err}");
+        assert!(!root.join("bad").exists());
+    }
+
+    // Two models share accounts:1.
+    std::fs::write(root.join("model_a/weights.bin"), b"a").unwrap();
+    ok(&almanac(
+        &[
+            "model",
+            "register",
+            "--name",
+            "fraud",
+            "--version",
+            "1",
+            "--path",
+            "model_a",
+        ],
+        root,
+    ));
+    ok(&almanac(
+        &[
+            "retrieval-spec",
+            "create",
+            "--features",
+            "accounts:1:accountAge",
+            "--out",
+            "model_b",
+        ],
+        root,
+    ));
+    ok(&almanac(
+        &[
+            "model",
+            "register",
+            "--name",
+            "churn",
+            "--version",
+            "1",
+            "--path",
+            "model_b",
+        ],
+        root,
+    ));
+    let users = ok(&almanac(&["featureset", "models", "accounts:1"], root));
+    assert_eq!(users.lines().collect::<Vec<_>>(), ["churn:1", "fraud:1"]);
+    let users = ok(&almanac(&["featureset", "models", "transactions:1"], root));
+    assert_eq!(users.lines().collect::<Vec<_>>(), ["fraud:1"]);
+    let show = ok(&almanac(&["model", "show", "fraud:1"], root));
+    assert!(
+        show.contains("  accounts:1") && show.contains("  transactions:1"),
+        "{show}"
+    );
+
+    // Bad registrations change nothing.
+    std::fs::create_dir_all(root.join("empty")).unwrap();
+    let err = failed(&almanac(
+        &[
+            "model",
+            "register",
+            "--name",
+            "x",
+            "--version",
+            "1",
+            "--path",
+            "empty",
+        ],
+        root,
+    ));
+    assert!(err.contains("has no feature_retrieval_spec.yaml"), "{err}");
+    std::fs::write(root.join("model_a/weights.bin"), b"changed").unwrap();
+    let err = failed(&almanac(
+        &[
+            "model",
+            "register",
+            "--name",
+            "fraud",
+            "--version",
+            "1",
+            "--path",
+            "model_a",
+        ],
+        root,
+    ));
+    assert!(
+        err.contains("already registered with different files"),
+        "{err}"
+    );
+    let list = ok(&almanac(&["model", "list"], root));
+    assert_eq!(list.lines().count(), 2, "{list}");
+
+    // Batch inference with the model's packaged spec.
+    let out = ok(&almanac(
+        &[
+            "retrieve",
+            "--model",
+            "fraud:1",
+            "--observations",
+            "data/observations/batch_inference",
+            "--timestamp-column",
+            "timestamp",
+            "--output",
+            "scored",
+        ],
+        root,
+    ));
+    assert!(
+        out.contains("accounts:1: ") && !out.contains("warning"),
+        "{out}"
+    );
+    let scored = read_folder(&root.join("scored/data"));
+    assert!(scored[0].schema().field_with_name("age").is_ok());
+    let err = failed(&almanac(
+        &[
+            "retrieve",
+            "--model",
+            "nope:1",
+            "--observations",
+            "data/observations/batch_inference",
+            "--timestamp-column",
+            "timestamp",
+            "--output",
+            "x",
+        ],
+        root,
+    ));
+    assert!(err.contains("unknown model nope:1"), "{err}");
+}

@@ -9,6 +9,7 @@
 //! (Development / Production / Archived) changes after creation.
 
 mod jobs;
+mod models;
 mod refs;
 mod schema;
 
@@ -18,7 +19,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub use jobs::{JobId, JobInfo, RunState, TaskInfo};
-pub use refs::{EntityRef, FeatureSetRef};
+pub use models::ModelInfo;
+pub use refs::{EntityRef, FeatureSetRef, ModelRef};
 
 use crate::error::{JobsError, Result};
 use crate::source::resolve_path;

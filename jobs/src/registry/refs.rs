@@ -62,3 +62,9 @@ asset_ref!(
     "a feature set",
     "transactions:1"
 );
+asset_ref!(
+    /// A registered model version.
+    ModelRef,
+    "a model",
+    "fraud_model:1"
+);

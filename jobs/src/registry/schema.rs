@@ -95,4 +95,21 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         value TEXT NOT NULL
     );",
     ),
+    (
+        4,
+        "CREATE TABLE models (
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        retrieval_spec_yaml TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    CREATE TABLE model_feature_sets (
+        model TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        feature_set TEXT NOT NULL,
+        feature_set_version TEXT NOT NULL,
+        PRIMARY KEY (model, model_version, feature_set, feature_set_version)
+    );",
+    ),
 ];

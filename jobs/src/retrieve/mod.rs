@@ -42,7 +42,8 @@ use crate::spec::{
 
 use request::ResolvedSet;
 pub use request::{
-    FeatureRequest, LOCAL_VERSION, parse_feature_list, parse_local, requests_from_spec,
+    FeatureRequest, LOCAL_VERSION, parse_feature_list, parse_local, registered_spec,
+    requests_from_spec,
 };
 use staging::Staging;
 

@@ -303,3 +303,22 @@ pub fn used_spec(sets: &[ResolvedSet]) -> FeatureRetrievalSpec {
             .collect(),
     }
 }
+
+/// The retrieval spec of registered features, for `almanac retrieval-spec create`: only
+/// registered sets may go in it, so it means the same thing wherever the model goes.
+pub fn registered_spec(requests: &[FeatureRequest], home: &Path) -> Result<FeatureRetrievalSpec> {
+    let local: Vec<String> = requests
+        .iter()
+        .filter(|r| r.version == LOCAL_VERSION)
+        .map(|r| r.to_string())
+        .collect();
+    if !local.is_empty() {
+        return Err(JobsError::InvalidInput(format!(
+            "{} name(s) a local spec; a retrieval spec holds registered feature sets only: \
+             register the set with `almanac featureset create` and name its version",
+            local.join(", ")
+        )));
+    }
+    let sets = resolve(requests, &BTreeMap::new(), Some(home))?;
+    Ok(used_spec(&sets))
+}

@@ -57,6 +57,63 @@ pub(crate) async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Job(c) => crate::store::job(&cli.home, c, out),
         Command::RetrievalSpec(c) => crate::store::retrieval_spec(&cli.home, c, out),
         Command::Model(c) => crate::store::model(&cli.home, c, out),
+        Command::Train {
+            data,
+            label,
+            timestamp_column,
+            holdout,
+            out: dir,
+        } => {
+            let (model, m) = almanac_train::train(&almanac_train::TrainOptions {
+                data,
+                label,
+                timestamp_column,
+                holdout,
+                out: dir.clone(),
+            })?;
+            writeln!(
+                out,
+                "trained a logistic regression on {} rows ({} positive) with {} features -> {}",
+                m.rows_train,
+                m.positives_train,
+                model.features.len(),
+                dir.display()
+            )?;
+            writeln!(
+                out,
+                "held out {} rows from {}: AUC {:.3}",
+                m.rows_holdout,
+                format_instant(model.holdout_from),
+                m.auc_holdout
+            )?;
+            Ok(())
+        }
+        Command::Evaluate {
+            model,
+            data,
+            min_auc,
+        } => {
+            let (auc, rows) = almanac_train::evaluate(&model, &data)?;
+            writeln!(
+                out,
+                "AUC {auc:.3} on {rows} held-out rows (threshold {min_auc})"
+            )?;
+            if auc < min_auc {
+                return Err(CliError::Usage(format!(
+                    "the model's AUC {auc:.3} is below the threshold {min_auc}: not registering it"
+                )));
+            }
+            Ok(())
+        }
+        Command::Predict {
+            model,
+            data,
+            out: file,
+        } => {
+            let rows = almanac_train::predict(&model, &data, &file)?;
+            writeln!(out, "scored {rows} rows -> {}", file.display())?;
+            Ok(())
+        }
     }
 }
 

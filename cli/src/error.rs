@@ -9,6 +9,9 @@ pub enum CliError {
     #[error("{0}")]
     Usage(String),
 
+    #[error(transparent)]
+    Train(#[from] almanac_train::TrainError),
+
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
 }

@@ -103,6 +103,41 @@ pub enum Command {
     /// Registered models and the feature sets they use.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Pipeline step: train a classifier on retrieved training data into a model folder.
+    Train {
+        /// A `retrieve` output folder (data/ and feature_retrieval_spec.yaml).
+        #[arg(long)]
+        data: PathBuf,
+        /// The 0/1 or boolean label column.
+        #[arg(long)]
+        label: String,
+        #[arg(long)]
+        timestamp_column: String,
+        /// Fraction of the time range, at its end, held out for evaluation.
+        #[arg(long, default_value_t = 0.2)]
+        holdout: f64,
+        /// Model folder to write (model.json, metrics.json, feature_retrieval_spec.yaml).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Pipeline step: AUC on the held-out rows; fails below --min-auc.
+    Evaluate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 0.7)]
+        min_auc: f32,
+    },
+    /// Score retrieved rows with a model folder: the rows plus a `score` column, as parquet.
+    Predict {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Measure Almanac on generated data (use a release build).
     #[command(subcommand)]
     Bench(BenchCommand),

@@ -984,3 +984,138 @@ fn retrieval_specs_models_lineage_and_batch_inference() {
     ));
     assert!(err.contains("unknown model nope:1"), "{err}");
 }
+
+#[test]
+fn training_pipeline_steps_learn_the_signal_and_score_new_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    sample_data(root, 300, 12_000, 45);
+    let tx = example_spec("transactions", root);
+    let accounts = example_spec("accounts", root);
+    let local = [
+        format!("transactions={}", tx.display()),
+        format!("accounts={}", accounts.display()),
+    ];
+    let features = "transactions:local:transaction_amount_7d_sum,transactions:local:transaction_3d_count,\
+                    transactions:local:transaction_amount_3d_avg,accounts:local:isUserRegistered,\
+                    accounts:local:numPaymentRejects1dPerUser,accounts:local:accountAge";
+    let retrieve = |observations: &str, output: &str| {
+        ok(&almanac(
+            &[
+                "retrieve",
+                "--local",
+                &local[0],
+                "--local",
+                &local[1],
+                "--features",
+                features,
+                "--observations",
+                observations,
+                "--timestamp-column",
+                "timestamp",
+                "--output",
+                output,
+            ],
+            root,
+        ))
+    };
+    retrieve("data/observations/train", "training");
+    let out = ok(&almanac(
+        &[
+            "train",
+            "--data",
+            "training",
+            "--label",
+            "is_fraud",
+            "--timestamp-column",
+            "timestamp",
+            "--out",
+            "model",
+        ],
+        root,
+    ));
+    assert!(out.contains("with 6 features"), "{out}");
+    for file in ["model.json", "metrics.json", "feature_retrieval_spec.yaml"] {
+        assert!(root.join("model").join(file).is_file(), "{file}");
+    }
+    let out = ok(&almanac(
+        &[
+            "evaluate",
+            "--model",
+            "model",
+            "--data",
+            "training",
+            "--min-auc",
+            "0.7",
+        ],
+        root,
+    ));
+    let auc: f32 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        auc > 0.7,
+        "the features carry the sample data's signal: AUC {auc}"
+    );
+    let err = failed(&almanac(
+        &[
+            "evaluate",
+            "--model",
+            "model",
+            "--data",
+            "training",
+            "--min-auc",
+            "0.9999",
+        ],
+        root,
+    ));
+    assert!(err.contains("is below the threshold"), "{err}");
+
+    retrieve("data/observations/batch_inference", "inference");
+    ok(&almanac(
+        &[
+            "predict",
+            "--model",
+            "model",
+            "--data",
+            "inference",
+            "--out",
+            "scores.parquet",
+        ],
+        root,
+    ));
+    let scores = read_parquet(&root.join("scores.parquet"));
+    let rows: usize = scores.iter().map(|b| b.num_rows()).sum();
+    let inference: usize = read_folder(&root.join("inference/data"))
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows, inference);
+    for b in &scores {
+        let s = b
+            .column_by_name("score")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        assert!(s.values().iter().all(|p| (0.0..=1.0).contains(p)));
+    }
+
+    let err = failed(&almanac(
+        &[
+            "train",
+            "--data",
+            "training",
+            "--label",
+            "nope",
+            "--timestamp-column",
+            "timestamp",
+            "--out",
+            "m2",
+        ],
+        root,
+    ));
+    assert!(err.contains("no label column 'nope'"), "{err}");
+    assert!(!root.join("m2").exists());
+    let err = failed(&almanac(
+        &["evaluate", "--model", "training", "--data", "training"],
+        root,
+    ));
+    assert!(err.contains("model.json"), "{err}");
+}

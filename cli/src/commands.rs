@@ -1,7 +1,7 @@
 //! One function per command; each prints what it did.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use almanac_jobs::compute::{plan_window, sample};
@@ -26,11 +26,6 @@ use crate::{
     ObservationFormat, RetrieveArgs, SampleArgs, SampleDataArgs, SourceKindArg, SpecCommand,
 };
 
-/// The features the quickstart retrieves, as the tutorial's training step does.
-const QUICKSTART_FEATURES: &str = "transactions:local:transaction_amount_7d_sum,\
-transactions:local:transaction_amount_3d_avg,transactions:local:transaction_7d_count,\
-accounts:local:accountAge,accounts:local:isUserRegistered,accounts:local:numPaymentRejects1dPerUser";
-
 /// Rows printed by `spec sample` when no --limit is given.
 pub(crate) const DEFAULT_PRINT_LIMIT: usize = 20;
 
@@ -42,7 +37,7 @@ pub(crate) async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     }
     match cli.command {
         Command::Quickstart { dir, transactions } => {
-            quickstart(config, &dir, transactions, out).await
+            crate::quickstart::quickstart(config, &dir, transactions, out).await
         }
         Command::SampleData(args) => sample_data(&args, out),
         Command::Spec(SpecCommand::Init(args)) => spec_init(config, &args, out).await,
@@ -368,137 +363,6 @@ pub(crate) fn write_parquet_atomic(path: &Path, batches: &[RecordBatch]) -> Resu
     Ok(())
 }
 
-/// The example specs, compiled in so `quickstart` works from any folder.
-const EXAMPLE_SPECS: [(&str, &str, &str); 2] = [
-    (
-        "transactions",
-        "FeatureSetSpec.yaml",
-        include_str!("../../examples/fraud/featuresets/transactions/spec/FeatureSetSpec.yaml"),
-    ),
-    (
-        "accounts",
-        "FeaturesetSpec.yaml",
-        include_str!("../../examples/fraud/featuresets/accounts/spec/FeaturesetSpec.yaml"),
-    ),
-];
-
-async fn quickstart(
-    config: EngineConfig,
-    dir: &Path,
-    transactions: usize,
-    out: &mut dyn Write,
-) -> Result<(), CliError> {
-    let began = Instant::now();
-    writeln!(
-        out,
-        "Almanac quickstart in {} (embedded Ballista engine)\n",
-        dir.display()
-    )?;
-    writeln!(out, "1. sample data")?;
-    let data = dir.join("data");
-    let options = SampleDataOptions {
-        transactions,
-        ..SampleDataOptions::default()
-    };
-    let s = generate(&data, &options, true)?;
-    writeln!(
-        out,
-        "   {} transactions, {} account snapshots, {} training observations -> {}",
-        s.transactions,
-        s.account_snapshots,
-        s.train_rows,
-        data.display()
-    )?;
-    writeln!(out, "\n2. feature set specs")?;
-    let mut spec_dirs: Vec<(String, PathBuf)> = Vec::new();
-    for (name, file, text) in EXAMPLE_SPECS {
-        let spec_dir = dir.join("featuresets").join(name).join("spec");
-        write_atomic(&spec_dir.join(file), text.as_bytes())?;
-        writeln!(out, "   {name}: {}", spec_dir.join(file).display())?;
-        spec_dirs.push((name.to_string(), spec_dir));
-    }
-    let engine = engine(config).await?;
-    let window = TimeRange {
-        start: options.start,
-        end: options.start + i64::from(options.days) * 86_400_000_000,
-    };
-    writeln!(
-        out,
-        "\n3. features over [{}, {})",
-        format_instant(window.start),
-        format_instant(window.end)
-    )?;
-    for (name, spec_dir) in &spec_dirs {
-        let loaded = LoadedSpec::load(spec_dir)?;
-        let t = Instant::now();
-        let batches = plan_window(&engine, &loaded, window)
-            .await?
-            .collect()
-            .await?;
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        let secs = t.elapsed().as_secs_f64();
-        writeln!(
-            out,
-            "   {name}: {rows} rows, {} features, {secs:.2}s ({:.0} rows/s)",
-            loaded.spec.features.len(),
-            rows as f64 / secs.max(1e-9)
-        )?;
-        let preview = sample(&engine, &loaded, window, Some(3)).await?;
-        let table = pretty_format_batches(&preview)
-            .map_err(|e| CliError::Usage(e.to_string()))?
-            .to_string();
-        for line in table.lines() {
-            writeln!(out, "   {line}")?;
-        }
-    }
-    writeln!(
-        out,
-        "\n4. training data: features joined point-in-time onto observations"
-    )?;
-    let training = dir.join("training-data");
-    let mut local = std::collections::BTreeMap::new();
-    for (name, spec_dir) in &spec_dirs {
-        local.insert(name.clone(), spec_dir.clone());
-    }
-    let options = RetrieveOptions {
-        requests: parse_feature_list(QUICKSTART_FEATURES)?,
-        local,
-        observations: data.join("observations/train").display().to_string(),
-        observations_format: None,
-        timestamp_column: "timestamp".to_string(),
-        timestamp_format: None,
-        output: training.clone(),
-        overwrite: true,
-        rows_per_file: almanac_jobs::retrieve::DEFAULT_ROWS_PER_FILE,
-        home: None,
-    };
-    let summary = almanac_jobs::retrieve::retrieve(&engine, &options).await?;
-    print_retrieval(&summary, "   ", out)?;
-    writeln!(
-        out,
-        "\ndone in {:.1}s. Next:",
-        began.elapsed().as_secs_f64()
-    )?;
-    let tx = dir.join("featuresets/transactions/spec");
-    writeln!(
-        out,
-        "   almanac spec sample {} --start 2023-01-10 --end 2023-01-11",
-        tx.display()
-    )?;
-    writeln!(
-        out,
-        "   almanac spec validate {}",
-        dir.join("featuresets/accounts/spec").display()
-    )?;
-    writeln!(
-        out,
-        "   almanac retrieve --spec {} --observations {} --timestamp-column timestamp --output inference-data",
-        training.display(),
-        data.join("observations/batch_inference").display()
-    )?;
-    Ok(())
-}
-
 fn retrieve_options(args: &RetrieveArgs) -> Result<RetrieveOptions, CliError> {
     let mut local = std::collections::BTreeMap::new();
     for l in &args.local {
@@ -562,7 +426,11 @@ async fn retrieve(
     print_retrieval(&summary, "", out)
 }
 
-fn print_retrieval(s: &RetrieveSummary, indent: &str, out: &mut dyn Write) -> Result<(), CliError> {
+pub(crate) fn print_retrieval(
+    s: &RetrieveSummary,
+    indent: &str,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     let secs = s.elapsed.as_secs_f64();
     writeln!(
         out,

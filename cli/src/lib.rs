@@ -4,6 +4,7 @@
 
 mod commands;
 mod error;
+mod quickstart;
 mod store;
 
 use std::io::Write;

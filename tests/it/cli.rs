@@ -464,18 +464,24 @@ fn sample_data_is_deterministic_and_labels_are_learnable() {
 #[test]
 fn quickstart_runs_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
-    let stdout = ok(&almanac(
-        &["quickstart", "--dir", "qs", "--transactions", "3000"],
-        tmp.path(),
-    ));
+    let run = || {
+        ok(&almanac(
+            &["quickstart", "--dir", "qs", "--transactions", "3000"],
+            tmp.path(),
+        ))
+    };
+    let stdout = run();
     for expected in [
         "1. sample data",
         "3000 transactions",
-        "transactions: ",
-        "accounts: ",
+        "accounts, from precomputed data",
         "transaction_7d_count",
-        "4. training data",
-        "transactions:local: ",
+        "almanac backfill transactions:1",
+        "transactions:1: ",
+        "accounts:local: ",
+        "almanac model register: fraud_model:1",
+        "almanac featureset models accounts:1: fraud_model:1",
+        "rows scored",
         "done in",
     ] {
         assert!(
@@ -483,16 +489,25 @@ fn quickstart_runs_end_to_end() {
             "{expected} missing from:\n{stdout}"
         );
     }
-    assert!(
-        tmp.path()
-            .join("qs/featuresets/accounts/spec/FeaturesetSpec.yaml")
-            .exists()
-    );
-    assert!(
-        tmp.path()
-            .join("qs/training-data/feature_retrieval_spec.yaml")
-            .exists()
-    );
+    assert!(!stdout.contains("warning"), "{stdout}");
+    let auc: f32 = stdout
+        .split("AUC ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .expect("the quickstart reports the model's AUC");
+    assert!(auc > 0.7, "AUC {auc}");
+    for file in [
+        "featuresets/accounts/spec/FeatureSetSpec.yaml",
+        "training-data/feature_retrieval_spec.yaml",
+        "model/model.json",
+        "predictions.parquet",
+        ".almanac/registry.db",
+    ] {
+        assert!(tmp.path().join("qs").join(file).exists(), "{file}");
+    }
+    // A second run starts its store over and succeeds again.
+    assert!(run().contains("starting over"));
 }
 
 #[test]

@@ -193,7 +193,8 @@ pub struct BackfillPlan {
 }
 
 /// Plans a backfill of `window` over the intervals whose status is in `statuses`, one task per
-/// `partition` (microseconds, aligned to the epoch: whole UTC days for `1d`).
+/// `partition` (microseconds): sub-day partitions are aligned to the epoch; whole-day ones are
+/// cut from the start of each stretch to plan, which must be at midnight UTC.
 ///
 /// # Errors
 /// An empty window, a window not on the partition grid (tasks replace whole partitions of the
@@ -222,14 +223,16 @@ pub fn plan_backfill(
                 .to_string(),
         ));
     }
+    // Multi-day tasks need only whole days: they are cut from the start of each stretch.
+    let grid = partition.min(DAY);
     for (what, t) in [("start", window.start), ("end", window.end)] {
-        if t.rem_euclid(partition) != 0 {
+        if t.rem_euclid(grid) != 0 {
             return Err(JobsError::InvalidInput(format!(
                 "the window {what} {} is not on the partition grid; with partitions of {} it must \
                  be a multiple of that length from 1970-01-01T00:00:00Z (e.g. midnight UTC for 1d)",
                 format_instant(t),
                 {
-                    let minutes = (partition / 60_000_000) as u64;
+                    let minutes = (grid / 60_000_000) as u64;
                     crate::spec::Offset {
                         days: minutes / 1440,
                         hours: minutes % 1440 / 60,
@@ -264,7 +267,11 @@ pub fn plan_backfill(
         // Statuses change only at task boundaries, which are on the grid, so `piece` is too.
         let mut at = piece.start;
         while at < piece.end {
-            let end = (at.div_euclid(partition) + 1) * partition;
+            let end = if partition >= DAY {
+                at + partition
+            } else {
+                (at.div_euclid(partition) + 1) * partition
+            };
             let end = end.min(piece.end);
             plan.tasks.push(TimeRange { start: at, end });
             at = end;

@@ -402,24 +402,20 @@ async fn retrieve(
     args: &RetrieveArgs,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let mut args_with_model;
-    let args = match &args.model {
-        Some(model) => {
-            let r: almanac_jobs::registry::ModelRef = model.parse()?;
-            let registry = almanac_jobs::registry::Registry::open(home)?;
-            registry.model(&r)?.ok_or_else(|| {
-                CliError::Usage(format!(
-                    "unknown model {r} in {}",
-                    registry.home().display()
-                ))
-            })?;
-            args_with_model = RetrieveArgs { ..args.clone() };
-            args_with_model.spec = Some(registry.model_dir(&r));
-            &args_with_model
-        }
-        None => args,
-    };
-    let mut options = retrieve_options(args)?;
+    // `--model N:V` is `--spec` pointing at the registered model's stored folder.
+    let mut args = args.clone();
+    if let Some(model) = &args.model {
+        let r: almanac_jobs::registry::ModelRef = model.parse()?;
+        let registry = almanac_jobs::registry::Registry::open(home)?;
+        let info = registry.model(&r)?.ok_or_else(|| {
+            CliError::Usage(format!(
+                "unknown model {r} in {}",
+                registry.home().display()
+            ))
+        })?;
+        args.spec = Some(info.dir);
+    }
+    let mut options = retrieve_options(&args)?;
     options.home = Some(home.to_path_buf());
     let engine = engine(config).await?;
     let summary = almanac_jobs::retrieve::retrieve(&engine, &options).await?;

@@ -100,6 +100,35 @@ pub async fn open_or_create(
     url: &Url,
     spec: &FeatureSetSpec,
 ) -> Result<DeltaTable> {
+    let err = delta_error(url);
+    let table = match load(engine, url).await? {
+        Loaded::Table(table) => return Ok(table),
+        Loaded::Missing(table) => table,
+    };
+    if let Ok(dir) = url.to_file_path() {
+        // delta-rs wants a local table folder to exist before it writes a log in it.
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| JobsError::io("cannot create the offline store folder", &dir, e))?;
+    }
+    let created = deltalake::operations::create::CreateBuilder::new()
+        .with_log_store(table.log_store())
+        .with_columns(columns(spec))
+        .with_partition_columns([DAY])
+        .with_save_mode(SaveMode::Ignore)
+        .await
+        .map_err(&err)?;
+    tracing::info!(table = %url, "offline store table created");
+    Ok(created)
+}
+
+/// A table's state: loaded, or not created yet (an unloaded handle to create it with).
+enum Loaded {
+    Table(DeltaTable),
+    Missing(DeltaTable),
+}
+
+/// Loads the table at `url` without creating anything.
+async fn load(engine: &Engine, url: &Url) -> Result<Loaded> {
     let ctx = engine.session();
     let listing = datafusion::datasource::listing::ListingTableUrl::parse(url.as_str())
         .context(|| format!("offline store {url}"))?;
@@ -108,39 +137,22 @@ pub async fn open_or_create(
         .object_store(&listing)
         .context(|| format!("offline store {url}"))?;
     let err = delta_error(url);
-    if let Ok(dir) = url.to_file_path() {
-        // delta-rs wants a local table folder to exist before it looks for a log in it.
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| JobsError::io("cannot create the offline store folder", &dir, e))?;
-    }
     let mut table = DeltaTableBuilder::from_url(url.clone())
         .map_err(&err)?
         .with_storage_backend(store, url.clone())
         .build()
         .map_err(&err)?;
-    // A local folder without a log is a new table: skip the load that would fail (and log
+    // A local folder without a log is no table yet: skip the load that would fail (and log
     // an error) on it.
-    let is_new = url
+    if url
         .to_file_path()
-        .is_ok_and(|dir| !dir.join("_delta_log").exists());
-    let loaded = if is_new {
-        Err(DeltaTableError::NotATable(url.to_string()))
-    } else {
-        table.load().await
-    };
-    match loaded {
-        Ok(()) => Ok(table),
-        Err(DeltaTableError::NotATable(_)) => {
-            let created = deltalake::operations::create::CreateBuilder::new()
-                .with_log_store(table.log_store())
-                .with_columns(columns(spec))
-                .with_partition_columns([DAY])
-                .with_save_mode(SaveMode::Ignore)
-                .await
-                .map_err(&err)?;
-            tracing::info!(table = %url, "offline store table created");
-            Ok(created)
-        }
+        .is_ok_and(|dir| !dir.join("_delta_log").exists())
+    {
+        return Ok(Loaded::Missing(table));
+    }
+    match table.load().await {
+        Ok(()) => Ok(Loaded::Table(table)),
+        Err(DeltaTableError::NotATable(_)) => Ok(Loaded::Missing(table)),
         Err(e) => Err(err(e)),
     }
 }
@@ -409,13 +421,12 @@ pub async fn read_range(
     columns.push(ident(ts));
     columns.extend(spec.features.iter().map(|f| ident(&f.name)));
     columns.push(ident(CREATE_TIMESTAMP));
-    let files = if url
-        .to_file_path()
-        .is_ok_and(|dir| !dir.join("_delta_log").exists())
-    {
-        Vec::new()
-    } else {
-        let table = open_or_create(engine, url, spec).await?;
+    // Reading never creates a table: none yet means nothing materialized.
+    let table = match load(engine, url).await? {
+        Loaded::Table(table) => table,
+        Loaded::Missing(_) => return Ok(None),
+    };
+    let files = {
         let err = delta_error(url);
         let first =
             format_instant(range.start.div_euclid(DAY_MICROS) * DAY_MICROS)[..10].to_string();

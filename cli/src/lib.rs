@@ -209,6 +209,13 @@ pub struct BackfillArgs {
     /// Tasks running at once.
     #[arg(long, default_value_t = 2)]
     pub parallel_tasks: usize,
+    /// Attempts per task: a task failing for a reason that may pass (engine, IO, storage) is
+    /// retried with exponential backoff.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Wait before a task's second attempt (doubled for each later one), e.g. 500ms, 2s.
+    #[arg(long, default_value = "1s")]
+    pub retry_backoff: String,
     /// Instead of a window: rerun the unfinished tasks of this job.
     #[arg(long, conflicts_with_all = ["feature_set", "start", "end"])]
     pub job: Option<String>,

@@ -11,6 +11,7 @@ use almanac_jobs::backfill::{BackfillOptions, TaskOutcome, backfill};
 use almanac_jobs::compute::sample;
 use almanac_jobs::engine::{Engine, EngineConfig};
 use almanac_jobs::init::{InitOptions, infer_spec};
+use almanac_jobs::manager::RunOptions;
 use almanac_jobs::materialize::DataStatus;
 use almanac_jobs::registry::{FeatureFilter, FeatureSetRef, ModelRef, Registry};
 use almanac_jobs::retrieve::{RetrieveOptions, parse_feature_list, registered_spec, retrieve};
@@ -89,10 +90,16 @@ async fn run_backfill(
         window,
         statuses: vec![DataStatus::None, DataStatus::Incomplete],
         partition,
-        parallel_tasks: 2,
     };
     let t = Instant::now();
-    let report = backfill(engine, home, &options, &progress_bar(tasks as usize)).await?;
+    let report = backfill(
+        engine,
+        home,
+        &options,
+        &RunOptions::default(),
+        &progress_bar(tasks as usize),
+    )
+    .await?;
     if report.failed() > 0 {
         return Err(CliError::Usage(format!(
             "{} backfill task(s) of {set} failed; see `almanac job show`",

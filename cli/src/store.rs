@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
 use almanac_jobs::engine::EngineConfig;
 use almanac_jobs::registry::{Created, EntityRef, FeatureFilter, FeatureSetRef, Registry};
@@ -10,6 +11,7 @@ use almanac_jobs::spec::{EntitySpec, Stage};
 use almanac_jobs::backfill::{
     BackfillOptions, BackfillReport, TaskOutcome, backfill as run_backfill, retry_job,
 };
+use almanac_jobs::manager::{RetryPolicy, RunOptions};
 use almanac_jobs::materialize::DataStatus;
 use almanac_jobs::registry::{JobId, JobInfo};
 use almanac_jobs::spec::Offset;
@@ -366,6 +368,42 @@ fn print_task(t: &TaskOutcome, out: &mut dyn Write) {
     );
 }
 
+/// The task concurrency and retry policy of `backfill`.
+pub(crate) fn run_options(args: &BackfillArgs) -> Result<RunOptions, CliError> {
+    let backoff = parse_duration(&args.retry_backoff, "--retry-backoff")?;
+    if args.max_attempts == 0 {
+        return Err(CliError::Usage(
+            "--max-attempts must be at least 1".to_string(),
+        ));
+    }
+    Ok(RunOptions {
+        parallel_tasks: args.parallel_tasks.max(1),
+        retry: RetryPolicy {
+            max_attempts: args.max_attempts,
+            backoff,
+        },
+    })
+}
+
+/// A duration such as 500ms, 2s, 1m.
+pub(crate) fn parse_duration(text: &str, flag: &str) -> Result<Duration, CliError> {
+    let t = text.trim();
+    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = number.parse().map_err(|_| {
+        CliError::Usage(format!(
+            "{flag} '{text}': expected a number and a unit, e.g. 500ms, 2s, 1m"
+        ))
+    })?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(CliError::Usage(format!(
+            "{flag} '{text}': unit must be ms, s or m"
+        ))),
+    }
+}
+
 pub(crate) async fn backfill(
     config: EngineConfig,
     home: &Path,
@@ -374,10 +412,11 @@ pub(crate) async fn backfill(
 ) -> Result<(), CliError> {
     // Progress lines go to stderr as tasks end; the summary goes to `out`.
     let progress = |t: &TaskOutcome| print_task(t, &mut std::io::stderr());
+    let run = run_options(args)?;
     let report: BackfillReport = if let Some(job) = &args.job {
         let id: JobId = job.parse()?;
         let engine = almanac_jobs::engine::Engine::embedded(config).await?;
-        retry_job(&engine, home, &id, args.parallel_tasks, &progress).await?
+        retry_job(&engine, home, &id, &run, &progress).await?
     } else {
         let (Some(fs), Some(start), Some(end)) = (&args.feature_set, &args.start, &args.end) else {
             return Err(CliError::Usage(
@@ -404,10 +443,9 @@ pub(crate) async fn backfill(
             window,
             statuses,
             partition,
-            parallel_tasks: args.parallel_tasks,
         };
         let engine = almanac_jobs::engine::Engine::embedded(config).await?;
-        run_backfill(&engine, home, &options, &progress).await?
+        run_backfill(&engine, home, &options, &run, &progress).await?
     };
     for p in &report.skipped_pending {
         writeln!(

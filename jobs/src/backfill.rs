@@ -1,28 +1,30 @@
 //! Backfill jobs: materialize a window of a registered feature set into its offline store.
 //!
 //! The window is planned against the feature set's data intervals (only the statuses asked
-//! for, never Pending ones), split into whole-day tasks, recorded as a job whose tasks' windows
-//! become Pending, and run several at a time on the engine. Each task commits its window once
-//! (see [`crate::offline`]) and then marks it Complete, or Incomplete if it failed. A failed job
-//! is retried by running the backfill again over Incomplete windows, or with [`retry_job`],
-//! which reruns exactly the job's unfinished tasks under their original transaction ids.
+//! for, never Pending ones), split into whole-day tasks, and recorded as a job whose tasks'
+//! windows become Pending ([`create_backfill`]). The job is then run by [`crate::manager`]:
+//! in this process for the embedded CLI ([`backfill`]), or by the scheduler service. Each task
+//! commits its window once (see [`crate::offline`]) and then marks it Complete, or Incomplete
+//! if it failed for good. A failed job is retried by running the backfill again over
+//! Incomplete windows, or with [`retry_job`], which reruns exactly the job's unfinished tasks
+//! under their original transaction ids.
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
 use crate::error::{JobsError, Result};
+use crate::manager::{Cancel, RunOptions, run_job};
 use crate::materialize::{DataStatus, plan_backfill};
-use crate::offline::{materialize_task, open_or_create, table_url};
 use crate::registry::{FeatureSetRef, JobId, RegisteredFeatureSet, Registry, RunState};
 use crate::source::TimeRange;
 
-const DAY: i64 = 86_400_000_000;
+pub(crate) const DAY: i64 = 86_400_000_000;
 
-#[derive(Debug, Clone)]
+/// What to backfill; serialized into the job record so a restarted scheduler knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackfillOptions {
     pub feature_set: FeatureSetRef,
     pub window: TimeRange,
@@ -30,8 +32,6 @@ pub struct BackfillOptions {
     pub statuses: Vec<DataStatus>,
     /// Task length in microseconds: whole days.
     pub partition: i64,
-    /// Tasks running at once.
-    pub parallel_tasks: usize,
 }
 
 /// How one task ended.
@@ -39,7 +39,9 @@ pub struct BackfillOptions {
 pub struct TaskOutcome {
     pub index: i64,
     pub window: TimeRange,
+    /// Rows written and the Delta version committed (`None`: it had committed before).
     pub result: std::result::Result<(u64, Option<u64>), String>,
+    pub attempts: i64,
     pub elapsed: Duration,
 }
 
@@ -66,7 +68,18 @@ impl BackfillReport {
     }
 }
 
-fn materialized_set(registry: &Registry, r: &FeatureSetRef) -> Result<RegisteredFeatureSet> {
+/// A planned backfill: the job, if there was anything to do.
+#[derive(Debug, Clone)]
+pub struct PlannedBackfill {
+    pub job: Option<JobId>,
+    pub tasks: usize,
+    pub skipped_pending: Vec<TimeRange>,
+}
+
+pub(crate) fn materialized_set(
+    registry: &Registry,
+    r: &FeatureSetRef,
+) -> Result<RegisteredFeatureSet> {
     let fs = registry.require_feature_set(r)?;
     if !fs.offline_enabled {
         return Err(JobsError::InvalidInput(format!(
@@ -77,21 +90,21 @@ fn materialized_set(registry: &Registry, r: &FeatureSetRef) -> Result<Registered
     Ok(fs)
 }
 
-/// Plans and runs a backfill. `on_task` hears of every task as it ends.
-pub async fn backfill(
-    engine: &Engine,
-    home: &Path,
-    options: &BackfillOptions,
-    on_task: &(dyn Fn(&TaskOutcome) + Sync),
-) -> Result<BackfillReport> {
-    let started = Instant::now();
+/// Checks and plans a backfill and records it as a queued job (its windows become Pending).
+/// On any error nothing is recorded.
+pub fn create_backfill(home: &Path, options: &BackfillOptions) -> Result<PlannedBackfill> {
     let r = &options.feature_set;
     let mut registry = Registry::open(home)?;
-    let fs = materialized_set(&registry, r)?;
+    materialized_set(&registry, r)?;
     if options.partition < DAY || options.partition % DAY != 0 {
         return Err(JobsError::InvalidInput(
             "the offline store is partitioned by day: --partition must be whole days (1d, 2d, ...)"
                 .to_string(),
+        ));
+    }
+    if options.statuses.contains(&DataStatus::Pending) {
+        return Err(JobsError::InvalidInput(
+            "data status Pending: windows held by a running job are never backfilled".to_string(),
         ));
     }
     let plan = plan_backfill(
@@ -101,37 +114,48 @@ pub async fn backfill(
         options.partition,
     )?;
     if plan.tasks.is_empty() {
+        return Ok(PlannedBackfill {
+            job: None,
+            tasks: 0,
+            skipped_pending: plan.skipped_pending,
+        });
+    }
+    let request = serde_json::to_string(options)
+        .map_err(|e| JobsError::InvalidInput(format!("cannot record the backfill: {e}")))?;
+    let job = registry.create_backfill_job(r, options.window, &plan.tasks, Some(&request))?;
+    tracing::info!(job = %job, feature_set = %r, tasks = plan.tasks.len(), "backfill job created");
+    Ok(PlannedBackfill {
+        job: Some(job),
+        tasks: plan.tasks.len(),
+        skipped_pending: plan.skipped_pending,
+    })
+}
+
+/// Plans and runs a backfill in this process. `on_task` hears of every task as it ends.
+pub async fn backfill(
+    engine: &Engine,
+    home: &Path,
+    options: &BackfillOptions,
+    run: &RunOptions,
+    on_task: &(dyn Fn(&TaskOutcome) + Sync),
+) -> Result<BackfillReport> {
+    let started = Instant::now();
+    let planned = create_backfill(home, options)?;
+    let Some(job) = planned.job else {
         return Ok(BackfillReport {
             job: None,
             state: None,
             tasks: Vec::new(),
-            skipped_pending: plan.skipped_pending,
+            skipped_pending: planned.skipped_pending,
             elapsed: started.elapsed(),
         });
-    }
-    let job = registry.create_backfill_job(r, options.window, &plan.tasks)?;
-    tracing::info!(job = %job, feature_set = %r, tasks = plan.tasks.len(), "backfill job created");
-    let tasks: Vec<(i64, TimeRange)> = plan
-        .tasks
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (i as i64, *t))
-        .collect();
-    let (state, outcomes) = run_tasks(
-        engine,
-        registry,
-        &fs,
-        &job,
-        tasks,
-        options.parallel_tasks,
-        on_task,
-    )
-    .await?;
+    };
+    let (state, outcomes) = run_job(engine, home, &job, run, &Cancel::new(), on_task).await?;
     Ok(BackfillReport {
         job: Some(job),
         state: Some(state),
         tasks: outcomes,
-        skipped_pending: plan.skipped_pending,
+        skipped_pending: planned.skipped_pending,
         elapsed: started.elapsed(),
     })
 }
@@ -142,31 +166,21 @@ pub async fn retry_job(
     engine: &Engine,
     home: &Path,
     job: &JobId,
-    parallel_tasks: usize,
+    run: &RunOptions,
     on_task: &(dyn Fn(&TaskOutcome) + Sync),
 ) -> Result<BackfillReport> {
     let started = Instant::now();
-    let registry = Registry::open(home)?;
+    let mut registry = Registry::open(home)?;
     let info = registry.job(job)?.ok_or_else(|| {
         JobsError::InvalidInput(format!(
             "unknown job {job} in {}",
             registry.home().display()
         ))
     })?;
-    let fs = materialized_set(&registry, &info.feature_set)?;
-    let tasks: Vec<(i64, TimeRange)> = info
-        .tasks
-        .iter()
-        .filter(|t| t.state != RunState::Succeeded)
-        .map(|t| (t.index, t.window))
-        .collect();
-    if tasks.is_empty() {
-        return Err(JobsError::InvalidInput(format!(
-            "job {job} has no unfinished task to retry"
-        )));
-    }
-    let (state, outcomes) =
-        run_tasks(engine, registry, &fs, job, tasks, parallel_tasks, on_task).await?;
+    materialized_set(&registry, &info.feature_set)?;
+    registry.reopen_job(job)?;
+    drop(registry);
+    let (state, outcomes) = run_job(engine, home, job, run, &Cancel::new(), on_task).await?;
     Ok(BackfillReport {
         job: Some(job.clone()),
         state: Some(state),
@@ -174,57 +188,4 @@ pub async fn retry_job(
         skipped_pending: Vec::new(),
         elapsed: started.elapsed(),
     })
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_tasks(
-    engine: &Engine,
-    registry: Registry,
-    fs: &RegisteredFeatureSet,
-    job: &JobId,
-    tasks: Vec<(i64, TimeRange)>,
-    parallel_tasks: usize,
-    on_task: &(dyn Fn(&TaskOutcome) + Sync),
-) -> Result<(RunState, Vec<TaskOutcome>)> {
-    let r = &fs.reference;
-    let url = table_url(&registry.offline_root()?, r)?;
-    // Created once, before tasks race to create it.
-    open_or_create(engine, &url, &fs.spec.spec).await?;
-    let registry = Mutex::new(registry);
-    let lock = || registry.lock().unwrap_or_else(|e| e.into_inner());
-    let outcomes: Vec<Result<TaskOutcome>> = futures::stream::iter(tasks)
-        .map(|(index, window)| {
-            let url = &url;
-            let registry = &lock;
-            async move {
-                let attempt = registry().start_task(job, index)?;
-                let began = Instant::now();
-                // One transaction id per task, whatever the attempt: a retry of a task that
-                // committed finds its id in the log and commits nothing.
-                let app_id = format!("almanac:{job}:{index}");
-                let result = materialize_task(engine, url, &fs.spec, window, &app_id, 1)
-                    .await
-                    .map(|c| (c.rows, c.version))
-                    .map_err(|e| e.to_string());
-                if let Err(e) = &result {
-                    tracing::warn!(job = %job, task = index, attempt, error = %e, "backfill task failed");
-                }
-                registry().finish_task(r, job, index, result.clone())?;
-                let outcome = TaskOutcome {
-                    index,
-                    window,
-                    result,
-                    elapsed: began.elapsed(),
-                };
-                on_task(&outcome);
-                Ok(outcome)
-            }
-        })
-        .buffer_unordered(parallel_tasks.max(1))
-        .collect()
-        .await;
-    let mut outcomes = outcomes.into_iter().collect::<Result<Vec<_>>>()?;
-    outcomes.sort_by_key(|o| o.index);
-    let state = lock().finish_job(job)?;
-    Ok((state, outcomes))
 }

@@ -116,6 +116,29 @@ impl Engine {
         Ok(Engine { state: ctx.state() })
     }
 
+    /// Connects to a running Ballista scheduler (`host:port`), whose executors run the work.
+    ///
+    /// The scheduler must plan with Almanac's session state and codecs (the Almanac scheduler
+    /// does); this process only builds and submits plans.
+    pub async fn remote(config: EngineConfig, scheduler: &str) -> Result<Engine> {
+        let state = almanac_session_state(&config)?;
+        let url = format!("df://{scheduler}");
+        let ctx = SessionContext::remote_with_state(&url, state)
+            .await
+            .context(|| format!("cannot connect to the Ballista scheduler at {scheduler}"))?;
+        Ok(Engine { state: ctx.state() })
+    }
+
+    /// The same engine, with its queries named `name` on the cluster (Ballista's job name):
+    /// a scheduler finds and cancels an Almanac job's queries by it.
+    pub fn named(&self, name: &str) -> Engine {
+        let config = self.state.config().clone().with_ballista_job_name(name);
+        let state = SessionStateBuilder::new_from_existing(self.state.clone())
+            .with_config(config)
+            .build();
+        Engine { state }
+    }
+
     /// A session sharing the engine's cluster, functions and object stores, with a table
     /// namespace of its own so concurrent computations cannot see each other's `source`.
     pub fn session(&self) -> SessionContext {

@@ -31,7 +31,7 @@ use crate::timestamp::{
 };
 
 /// A half-open time range `[start, end)` in microseconds since the epoch (UTC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TimeRange {
     pub start: i64,
     pub end: i64,

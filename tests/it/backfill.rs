@@ -15,7 +15,7 @@ use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMi
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::prelude::SessionContext;
 
-use crate::common::engine;
+use crate::common::{engine, run_options};
 
 /// Four days of rows for two accounts; `f = 100 / amount`, so a zero amount fails its day.
 fn write_source(path: &Path, zero_on_day: Option<i64>) {
@@ -147,13 +147,18 @@ async fn a_failed_task_leaves_its_window_incomplete_and_a_retry_completes_it() {
         window,
         statuses: statuses.to_vec(),
         partition: DAY,
-        parallel_tasks: 2,
     };
     let fresh = [DataStatus::None, DataStatus::Incomplete];
 
-    let report = backfill(&engine, &home, &options(span(0, 4), &fresh), &|_| {})
-        .await
-        .unwrap();
+    let report = backfill(
+        &engine,
+        &home,
+        &options(span(0, 4), &fresh),
+        &run_options(),
+        &|_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(report.state, Some(RunState::Failed));
     assert_eq!(report.failed(), 1);
     let failed = report.tasks.iter().find(|t| t.result.is_err()).unwrap();
@@ -195,7 +200,9 @@ async fn a_failed_task_leaves_its_window_incomplete_and_a_retry_completes_it() {
     // Fix the data; retrying the job reruns exactly the failed task.
     write_source(&root.join("data/part-0.parquet"), None);
     let job = report.job.clone().unwrap();
-    let retry = retry_job(&engine, &home, &job, 2, &|_| {}).await.unwrap();
+    let retry = retry_job(&engine, &home, &job, &run_options(), &|_| {})
+        .await
+        .unwrap();
     assert_eq!(
         (retry.state, retry.tasks.len()),
         (Some(RunState::Succeeded), 1)
@@ -223,6 +230,7 @@ async fn a_failed_task_leaves_its_window_incomplete_and_a_retry_completes_it() {
         &engine,
         &home,
         &options(span(1, 3), &[DataStatus::Complete]),
+        &run_options(),
         &|_| {},
     )
     .await
@@ -233,19 +241,31 @@ async fn a_failed_task_leaves_its_window_incomplete_and_a_retry_completes_it() {
     );
     assert_eq!(offline_rows(&home, &r).await, rows);
     // Asking for None and Incomplete only: nothing left to do.
-    let nothing = backfill(&engine, &home, &options(span(0, 4), &fresh), &|_| {})
-        .await
-        .unwrap();
+    let nothing = backfill(
+        &engine,
+        &home,
+        &options(span(0, 4), &fresh),
+        &run_options(),
+        &|_| {},
+    )
+    .await
+    .unwrap();
     assert!(nothing.job.is_none());
 
     // A window another job holds is skipped, and said so.
     let holder = Registry::open(&home)
         .unwrap()
-        .create_backfill_job(&r, day(5), &[day(5)])
+        .create_backfill_job(&r, day(5), &[day(5)], None)
         .unwrap();
-    let report = backfill(&engine, &home, &options(span(4, 7), &fresh), &|_| {})
-        .await
-        .unwrap();
+    let report = backfill(
+        &engine,
+        &home,
+        &options(span(4, 7), &fresh),
+        &run_options(),
+        &|_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(report.skipped_pending, vec![day(5)]);
     let windows: Vec<TimeRange> = report.tasks.iter().map(|t| t.window).collect();
     assert_eq!(windows, vec![day(4), day(6)]);
@@ -273,12 +293,11 @@ async fn bad_backfills_fail_clearly_and_change_nothing() {
             window,
             statuses: vec![DataStatus::None],
             partition,
-            parallel_tasks: 1,
         };
         let engine = &engine;
         let home = &home;
         async move {
-            backfill(engine, home, &options, &|_| {})
+            backfill(engine, home, &options, &run_options(), &|_| {})
                 .await
                 .unwrap_err()
                 .to_string()

@@ -66,3 +66,15 @@ pub async fn run_window(
     let loaded = LoadedSpec::load(dir)?;
     sample(engine, &loaded, TimeRange { start, end }, None).await
 }
+
+/// How tests run backfills: two tasks at once, and a failed task is not retried (the tests of
+/// retries set their own policy).
+pub fn run_options() -> almanac_jobs::manager::RunOptions {
+    almanac_jobs::manager::RunOptions {
+        parallel_tasks: 2,
+        retry: almanac_jobs::manager::RetryPolicy {
+            max_attempts: 1,
+            backoff: std::time::Duration::from_millis(100),
+        },
+    }
+}

@@ -11,7 +11,7 @@ use almanac_jobs::source::TimeRange;
 use almanac_jobs::spec::{EntitySpec, Stage};
 use almanac_tests::fixtures::{DAY, t};
 
-use crate::common::engine;
+use crate::common::{engine, run_options};
 
 const ACCOUNT: &str =
     "name: account\nversion: '1'\nindex_columns:\n  - name: accountID\n    type: string\n";
@@ -281,9 +281,10 @@ async fn registered_sets_retrieve_exactly_as_their_local_specs() {
         },
         statuses: vec![DataStatus::None],
         partition: DAY,
-        parallel_tasks: 2,
     };
-    let report = backfill(&engine, &home, &options, &|_| {}).await.unwrap();
+    let report = backfill(&engine, &home, &options, &run_options(), &|_| {})
+        .await
+        .unwrap();
     assert_eq!(report.failed(), 0);
     let registered = retrieve(
         &engine,

@@ -11,7 +11,9 @@ use crate::source::TimeRange;
 use crate::time::format_instant;
 
 /// The materialization status of a stretch of time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum DataStatus {
     /// Never materialized.
     None,

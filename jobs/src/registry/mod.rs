@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub use jobs::{JobId, JobInfo, RunState, TaskInfo};
+pub use jobs::{BACKFILL, JobId, JobInfo, RETRIEVAL, RunState, TaskInfo};
 pub use models::ModelInfo;
 pub use refs::{EntityRef, FeatureSetRef, ModelRef};
 
@@ -103,7 +103,7 @@ fn parse_stage(text: &str) -> Stage {
 }
 
 fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// The registry of one store home.

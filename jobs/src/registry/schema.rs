@@ -112,4 +112,24 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         PRIMARY KEY (model, model_version, feature_set, feature_set_version)
     );",
     ),
+    (
+        5,
+        // Jobs owned by a long-running scheduler: the request they were submitted with (to
+        // resume them after a restart), cancellation, timing, and every task attempt.
+        "ALTER TABLE jobs ADD COLUMN request TEXT;
+    ALTER TABLE jobs ADD COLUMN error TEXT;
+    ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN started_at TEXT;
+    ALTER TABLE jobs ADD COLUMN finished_at TEXT;
+    CREATE TABLE task_attempts (
+        job_id TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        error TEXT,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        PRIMARY KEY (job_id, idx, attempt)
+    );",
+    ),
 ];

@@ -94,16 +94,7 @@ pub struct RetrieveSummary {
 /// Runs a retrieval. On any error nothing is left at `options.output`.
 pub async fn retrieve(engine: &Engine, options: &RetrieveOptions) -> Result<RetrieveSummary> {
     let started = Instant::now();
-    if options.rows_per_file == 0 {
-        return Err(JobsError::InvalidInput(
-            "rows per file must be at least 1".to_string(),
-        ));
-    }
-    let output = std::path::absolute(&options.output)
-        .map_err(|e| JobsError::io("cannot resolve", &options.output, e))?;
-    staging::check_target(&output, options.overwrite)?;
-    let sets = request::resolve(&options.requests, &options.local, options.home.as_deref())?;
-    check_windows(&sets)?;
+    let (output, sets) = check_request(options)?;
 
     let ctx = engine.session();
     let kind = observation_kind(&options.observations, options.observations_format);
@@ -406,6 +397,26 @@ fn coverage_gaps(
 }
 
 /// Rejects feature sets whose join window `[t − lookback, t − delay]` is empty.
+/// The checks that need no data: the output target, the requested features and their
+/// windows. A scheduler runs them before it accepts a retrieval job.
+pub fn check(options: &RetrieveOptions) -> Result<()> {
+    check_request(options).map(|_| ())
+}
+
+fn check_request(options: &RetrieveOptions) -> Result<(PathBuf, Vec<ResolvedSet>)> {
+    if options.rows_per_file == 0 {
+        return Err(JobsError::InvalidInput(
+            "rows per file must be at least 1".to_string(),
+        ));
+    }
+    let output = std::path::absolute(&options.output)
+        .map_err(|e| JobsError::io("cannot resolve", &options.output, e))?;
+    staging::check_target(&output, options.overwrite)?;
+    let sets = request::resolve(&options.requests, &options.local, options.home.as_deref())?;
+    check_windows(&sets)?;
+    Ok((output, sets))
+}
+
 fn check_windows(sets: &[ResolvedSet]) -> Result<()> {
     let problems: Vec<String> = sets
         .iter()

@@ -32,10 +32,18 @@ pub(crate) const DEFAULT_PRINT_LIMIT: usize = 20;
 pub(crate) async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     // Every flag is checked before any file is read or written.
     let config = engine_config(&cli.engine)?;
+    let command = match &cli.scheduler {
+        Some(url) => match crate::remote::run(url, cli.command, out).await? {
+            // Commands that only read or write local files run here either way.
+            Some(local) => local,
+            None => return Ok(()),
+        },
+        None => cli.command,
+    };
     if let Some(root) = &cli.offline_root {
         almanac_jobs::registry::Registry::open(&cli.home)?.set_offline_root(root)?;
     }
-    match cli.command {
+    match command {
         Command::Quickstart { dir, transactions } => {
             crate::quickstart::quickstart(config, &dir, transactions, out).await
         }
@@ -49,7 +57,12 @@ pub(crate) async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Feature(c) => crate::store::feature(&cli.home, c, out),
         Command::Featureset(c) => crate::store::featureset(config, &cli.home, c, out).await,
         Command::Backfill(args) => crate::store::backfill(config, &cli.home, &args, out).await,
-        Command::Job(c) => crate::store::job(&cli.home, c, out),
+        Command::Job(c) => crate::store::job(&cli.home, c, out).await,
+        Command::Cluster(_) => Err(CliError::Usage(
+            "there is no cluster: without --scheduler (or ALMANAC_SCHEDULER) the CLI runs \
+             everything in this process"
+                .to_string(),
+        )),
         Command::RetrievalSpec(c) => crate::store::retrieval_spec(&cli.home, c, out),
         Command::Model(c) => crate::store::model(&cli.home, c, out),
         Command::Train {
@@ -363,7 +376,7 @@ pub(crate) fn write_parquet_atomic(path: &Path, batches: &[RecordBatch]) -> Resu
     Ok(())
 }
 
-fn retrieve_options(args: &RetrieveArgs) -> Result<RetrieveOptions, CliError> {
+pub(crate) fn retrieve_options(args: &RetrieveArgs) -> Result<RetrieveOptions, CliError> {
     let mut local = std::collections::BTreeMap::new();
     for l in &args.local {
         let (name, dir) = parse_local(l)?;

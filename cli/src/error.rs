@@ -9,6 +9,10 @@ pub enum CliError {
     #[error("{0}")]
     Usage(String),
 
+    /// The scheduler refused a request or could not be reached.
+    #[error("{0}")]
+    Remote(String),
+
     #[error(transparent)]
     Train(#[from] almanac_train::TrainError),
 

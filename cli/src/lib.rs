@@ -5,6 +5,7 @@
 mod commands;
 mod error;
 mod quickstart;
+mod remote;
 mod store;
 
 use std::io::Write;
@@ -33,6 +34,11 @@ pub struct Cli {
     /// abfss://, gs://). Recorded in the store on first use (default: <home>/offline).
     #[arg(long, global = true, env = "ALMANAC_OFFLINE_ROOT")]
     pub offline_root: Option<String>,
+
+    /// A scheduler's job API (HOST:PORT or http://HOST:PORT): jobs are submitted to that
+    /// cluster instead of running in this process.
+    #[arg(long, global = true, env = "ALMANAC_SCHEDULER")]
+    pub scheduler: Option<String>,
 
     /// Log format on stderr.
     #[arg(
@@ -98,6 +104,9 @@ pub enum Command {
     /// Jobs recorded in the store.
     #[command(subcommand)]
     Job(JobCommand),
+    /// The cluster behind --scheduler.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Feature retrieval specs: the feature list a model is trained with.
     #[command(subcommand)]
     RetrievalSpec(RetrievalSpecCommand),
@@ -271,6 +280,16 @@ pub enum JobCommand {
     },
     /// One job with its tasks.
     Show { job: String },
+    /// Follow a job to its end with a progress bar (tasks done/total, rows, elapsed, ETA).
+    Watch { job: String },
+    /// Stop a job: its running queries are cancelled and nothing more of it is committed.
+    Cancel { job: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The scheduler's executors, slots and running work.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]

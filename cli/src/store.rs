@@ -227,7 +227,7 @@ pub(crate) async fn featureset(
             if !jobs.is_empty() {
                 writeln!(out, "recent jobs:")?;
                 for j in &jobs {
-                    print_job_line(j, out)?;
+                    crate::remote::print_job_line(&almanac_proto::job_message(j), out)?;
                 }
             }
         }
@@ -288,29 +288,20 @@ pub(crate) fn feature(
     Ok(())
 }
 
-fn print_job_line(j: &JobInfo, out: &mut dyn Write) -> Result<(), CliError> {
-    let done = j
-        .tasks
-        .iter()
-        .filter(|t| t.state == almanac_jobs::registry::RunState::Succeeded)
-        .count();
-    let rows: i64 = j.tasks.iter().filter_map(|t| t.rows).sum();
-    writeln!(
-        out,
-        "  {}  {}  {}  [{}, {})  tasks {done}/{}  rows {rows}  updated {}",
-        j.id,
-        j.state,
-        j.feature_set,
-        format_instant(j.window.start),
-        format_instant(j.window.end),
-        j.tasks.len(),
-        j.updated_at
-    )?;
-    Ok(())
-}
-
-pub(crate) fn job(home: &Path, command: JobCommand, out: &mut dyn Write) -> Result<(), CliError> {
-    let registry = Registry::open(home)?;
+pub(crate) async fn job(
+    home: &Path,
+    command: JobCommand,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    use crate::remote::{Progress, print_job, print_job_line};
+    use almanac_proto::job_message;
+    let mut registry = Registry::open(home)?;
+    let find = |registry: &Registry, job: &str| -> Result<JobInfo, CliError> {
+        let id: JobId = job.parse()?;
+        registry
+            .job(&id)?
+            .ok_or_else(|| CliError::Usage(format!("unknown job {id}")))
+    };
     match command {
         JobCommand::List { featureset, limit } => {
             let r: Option<FeatureSetRef> = featureset.map(|f| f.parse()).transpose()?;
@@ -319,34 +310,38 @@ pub(crate) fn job(home: &Path, command: JobCommand, out: &mut dyn Write) -> Resu
                 writeln!(out, "no jobs")?;
             }
             for j in &jobs {
-                print_job_line(j, out)?;
+                print_job_line(&job_message(j), out)?;
             }
         }
-        JobCommand::Show { job } => {
+        JobCommand::Show { job } => print_job(&job_message(&find(&registry, &job)?), out)?,
+        JobCommand::Watch { job } => {
+            // Another process runs it; follow its record.
+            let mut progress = Progress::new();
+            let mut last = None;
+            let ended = loop {
+                let j = job_message(&find(&registry, &job)?);
+                if last.as_ref() != Some(&j) {
+                    progress.draw(&j);
+                }
+                if almanac_jobs::registry::RunState::parse(&j.state).is_final() {
+                    break j;
+                }
+                last = Some(j);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            };
+            progress.finish();
+            print_job_line(&ended, out)?;
+        }
+        JobCommand::Cancel { job } => {
             let id: JobId = job.parse()?;
-            let j = registry
-                .job(&id)?
-                .ok_or_else(|| CliError::Usage(format!("unknown job {id}")))?;
-            print_job_line(&j, out)?;
-            for t in &j.tasks {
+            let state = registry.request_cancel(&id)?;
+            if state == almanac_jobs::registry::RunState::Running {
                 writeln!(
                     out,
-                    "    task {}  [{}, {})  {}  attempts {}  rows {}  version {}{}",
-                    t.index,
-                    format_instant(t.window.start),
-                    format_instant(t.window.end),
-                    t.state,
-                    t.attempts,
-                    t.rows.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
-                    t.table_version
-                        .map(|v| v.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    t.error
-                        .as_ref()
-                        .map(|e| format!("\n      error: {e}"))
-                        .unwrap_or_default()
+                    "job {id}: cancel requested; the process running it stops before its next task"
                 )?;
             }
+            print_job_line(&job_message(&find(&registry, &job)?), out)?;
         }
     }
     Ok(())

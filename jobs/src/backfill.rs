@@ -21,7 +21,9 @@ use crate::materialize::{DataStatus, plan_backfill};
 use crate::registry::{FeatureSetRef, JobId, RegisteredFeatureSet, Registry, RunState};
 use crate::source::TimeRange;
 
-pub(crate) const DAY: i64 = 86_400_000_000;
+/// One day in microseconds: the offline store's partition, and the default task length.
+pub const DAY_MICROS: i64 = 86_400_000_000;
+const DAY: i64 = DAY_MICROS;
 
 /// What to backfill; serialized into the job record so a restarted scheduler knows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -48,6 +48,16 @@ impl Default for EngineConfig {
     }
 }
 
+/// The runtime every Almanac process uses: Almanac's object stores (credentials from the
+/// environment) and no listing cache. Executors add their memory pool and spill folder.
+pub fn runtime_builder() -> RuntimeEnvBuilder {
+    RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(AlmanacObjectStores::new()))
+        // DataFusion caches folder listings forever by default; a long-running engine would
+        // then never see files that land in a source after its first read.
+        .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0))
+}
+
 /// The session state every Almanac process uses: client, scheduler and executors.
 pub fn almanac_session_state(config: &EngineConfig) -> Result<SessionState> {
     let session_config = SessionConfig::new_with_ballista()
@@ -64,11 +74,7 @@ pub fn almanac_session_state(config: &EngineConfig) -> Result<SessionState> {
         .with_information_schema(false)
         .with_ballista_logical_extension_codec(crate::codec::logical_codec())
         .with_ballista_physical_extension_codec(crate::codec::physical_codec());
-    let mut runtime = RuntimeEnvBuilder::new()
-        .with_object_store_registry(Arc::new(AlmanacObjectStores::new()))
-        // DataFusion caches folder listings forever by default; a long-running engine would
-        // then never see files that land in a source after its first read.
-        .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0));
+    let mut runtime = runtime_builder();
     if let Some(limit) = config.memory_limit {
         runtime = runtime.with_memory_limit(limit, 1.0);
     }
@@ -86,10 +92,34 @@ pub fn almanac_session_state(config: &EngineConfig) -> Result<SessionState> {
     Ok(state)
 }
 
+/// What a cluster looked like when a query started: see [`ExecutorLossFence`].
+#[derive(Debug, Clone)]
+pub struct FenceMark {
+    /// Executors removed from the cluster so far.
+    pub removals: u64,
+    /// Executors registered then.
+    pub executors: Vec<String>,
+}
+
+/// Tells whether the cluster lost an executor since a mark.
+///
+/// Ballista recovers a query from a lost executor by rerunning stages, and in 55 a reader
+/// stage can then read a map output twice (a partition keeps the surviving location of its
+/// first run and gains the rerun's), silently duplicating input rows. Almanac therefore never
+/// commits or publishes the result of a query that ran while an executor was lost: the task
+/// attempt fails and is retried whole.
+#[async_trait::async_trait]
+pub trait ExecutorLossFence: Send + Sync {
+    async fn mark(&self) -> FenceMark;
+    /// A description of the loss since `mark`, if any.
+    async fn lost_since(&self, mark: &FenceMark) -> Option<String>;
+}
+
 /// A running engine; cheap to share, and each [`Engine::session`] gets its own table names.
 #[derive(Clone)]
 pub struct Engine {
     state: SessionState,
+    fence: Option<Arc<dyn ExecutorLossFence>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -113,7 +143,10 @@ impl Engine {
             parallelism = config.parallelism,
             "embedded ballista cluster started"
         );
-        Ok(Engine { state: ctx.state() })
+        Ok(Engine {
+            state: ctx.state(),
+            fence: None,
+        })
     }
 
     /// Connects to a running Ballista scheduler (`host:port`), whose executors run the work.
@@ -126,7 +159,10 @@ impl Engine {
         let ctx = SessionContext::remote_with_state(&url, state)
             .await
             .context(|| format!("cannot connect to the Ballista scheduler at {scheduler}"))?;
-        Ok(Engine { state: ctx.state() })
+        Ok(Engine {
+            state: ctx.state(),
+            fence: None,
+        })
     }
 
     /// The same engine, with its queries named `name` on the cluster (Ballista's job name):
@@ -136,7 +172,35 @@ impl Engine {
         let state = SessionStateBuilder::new_from_existing(self.state.clone())
             .with_config(config)
             .build();
-        Engine { state }
+        Engine {
+            state,
+            fence: self.fence.clone(),
+        }
+    }
+
+    /// The same engine, refusing results of queries that ran while an executor was lost.
+    pub fn with_fence(mut self, fence: Arc<dyn ExecutorLossFence>) -> Engine {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// Marks the cluster's state before a query whose result will be committed.
+    pub async fn fence_mark(&self) -> Option<FenceMark> {
+        match &self.fence {
+            Some(f) => Some(f.mark().await),
+            None => None,
+        }
+    }
+
+    /// Fails, retriably, if an executor was lost since `mark`: the query's result must not
+    /// be committed (see [`ExecutorLossFence`]).
+    pub async fn check_fence(&self, mark: &Option<FenceMark>) -> Result<()> {
+        if let (Some(fence), Some(mark)) = (&self.fence, mark)
+            && let Some(lost) = fence.lost_since(mark).await
+        {
+            return Err(crate::error::JobsError::ExecutorLost(lost));
+        }
+        Ok(())
     }
 
     /// A session sharing the engine's cluster, functions and object stores, with a table

@@ -47,6 +47,13 @@ pub enum JobsError {
     #[error("{file}: {message}")]
     Transformation { file: String, message: String },
 
+    /// The cluster lost an executor while a query ran; its result was not used.
+    #[error(
+        "an executor was lost while this ran ({0}); the result was discarded and will be \
+         computed again"
+    )]
+    ExecutorLost(String),
+
     /// A command-line argument or other user input is invalid.
     #[error("{0}")]
     InvalidInput(String),

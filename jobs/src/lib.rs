@@ -14,6 +14,7 @@ mod delta;
 pub mod engine;
 pub mod error;
 pub mod init;
+pub mod logging;
 pub mod manager;
 pub mod materialize;
 pub mod offline;

@@ -262,7 +262,9 @@ where
     Fut: Future<Output = Result<T>>,
 {
     loop {
-        if cancel.is_cancelled() {
+        // A cancel may also come from another process, through the registry.
+        if cancel.is_cancelled() || registry.lock().cancel_requested(job)? {
+            cancel.cancel();
             return Ok(None);
         }
         let attempt = registry.lock().start_task(job, index)?;
@@ -355,7 +357,8 @@ async fn run_backfill(
         let fs = materialized_set(&registry, r)?;
         (fs, table_url(&registry.offline_root()?, r)?)
     };
-    // Created once, before tasks race to create it.
+    // Created once, before the job's tasks race to create it (a race with another job's
+    // creation resolves to one table).
     open_or_create(engine, &url, &fs.spec.spec).await?;
     let outcomes: Vec<Result<Option<TaskOutcome>>> = futures::stream::iter(unfinished(info))
         .map(|(index, window)| {

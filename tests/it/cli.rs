@@ -3,71 +3,22 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use clap::Parser;
-
 use almanac_tests::fixtures::{DAY, read_folder, read_parquet, result_map, t};
 use almanac_tests::oracle::{Agg, SourceRow, assert_same, window_features};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 
-/// What a run of the CLI printed.
-struct Output {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
+use crate::common::{Output, failed, ok, run_cli};
 
 /// Runs `almanac ARGS` in `cwd` through the CLI library: argument parsing, the command and its
-/// output, everything the binary does but logging setup. (A separate package's binary is not
-/// built by `cargo test`, and building it from here resolves a second feature set of the tree.)
-/// The working folder is process-wide, so CLI runs take turns.
+/// output, everything the binary does but logging setup. The working folder is process-wide,
+/// so CLI runs that need one take turns.
 fn almanac(args: &[&str], cwd: &Path) -> Output {
     static CWD: Mutex<()> = Mutex::new(());
     let _turn = CWD.lock().unwrap_or_else(|e| e.into_inner());
-    let cli = match almanac_cli::Cli::try_parse_from(
-        std::iter::once("almanac").chain(args.iter().copied()),
-    ) {
-        Ok(cli) => cli,
-        Err(e) => {
-            return Output {
-                success: false,
-                stdout: String::new(),
-                stderr: e.to_string(),
-            };
-        }
-    };
     std::env::set_current_dir(cwd).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut stdout = Vec::new();
-    let result = runtime.block_on(almanac_cli::run(cli, &mut stdout));
-    drop(runtime);
-    Output {
-        success: result.is_ok(),
-        stdout: String::from_utf8(stdout).unwrap(),
-        stderr: result
-            .err()
-            .map(|e| format!("error: {e}"))
-            .unwrap_or_default(),
-    }
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.success,
-        "almanac failed:\nstdout: {}\nstderr: {}",
-        out.stdout, out.stderr
-    );
-    out.stdout.clone()
-}
-
-fn failed(out: &Output) -> String {
-    assert!(!out.success, "almanac should have failed:\n{}", out.stdout);
-    out.stderr.clone()
+    run_cli(args)
 }
 
 /// Writes sample data into `root/data`.

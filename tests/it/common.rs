@@ -78,3 +78,59 @@ pub fn run_options() -> almanac_jobs::manager::RunOptions {
         },
     }
 }
+
+/// What a run of the CLI printed.
+pub struct Output {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `almanac ARGS` through the CLI library: argument parsing, the command and its output,
+/// everything the binary does but logging setup. (A separate package's binary is not built by
+/// `cargo test`.) Relative paths resolve against the current folder.
+pub fn run_cli(args: &[&str]) -> Output {
+    use clap::Parser;
+    let cli = match almanac_cli::Cli::try_parse_from(
+        std::iter::once("almanac").chain(args.iter().copied()),
+    ) {
+        Ok(cli) => cli,
+        Err(e) => {
+            return Output {
+                success: false,
+                stdout: String::new(),
+                stderr: e.to_string(),
+            };
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut stdout = Vec::new();
+    let result = runtime.block_on(almanac_cli::run(cli, &mut stdout));
+    drop(runtime);
+    Output {
+        success: result.is_ok(),
+        stdout: String::from_utf8(stdout).unwrap(),
+        stderr: result
+            .err()
+            .map(|e| format!("error: {e}"))
+            .unwrap_or_default(),
+    }
+}
+
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.success,
+        "almanac failed:\nstdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    out.stdout.clone()
+}
+
+pub fn failed(out: &Output) -> String {
+    assert!(!out.success, "almanac should have failed:\n{}", out.stdout);
+    out.stderr.clone()
+}

@@ -3,6 +3,7 @@
 mod asof;
 mod backfill;
 mod cli;
+mod cluster;
 mod common;
 mod offline;
 mod registry;

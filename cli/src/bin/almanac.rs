@@ -4,23 +4,13 @@ use std::process::ExitCode;
 
 use almanac_cli::{Cli, LogFormat};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Ballista and DataFusion log through `log` at info level per query; keep them quiet
-    // unless asked (RUST_LOG=info). delta-rs warns whenever parallel backfill tasks commit
-    // close together, which is expected and resolved by its conflict check.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("warn,almanac=info,deltalake_core::kernel::transaction=error")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    almanac_jobs::logging::init(
+        cli.log_format == LogFormat::Json,
+        almanac_jobs::logging::DEFAULT_FILTER,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -115,10 +115,19 @@ pub async fn open_or_create(
         .with_columns(columns(spec))
         .with_partition_columns([DAY])
         .with_save_mode(SaveMode::Ignore)
-        .await
-        .map_err(&err)?;
-    tracing::info!(table = %url, "offline store table created");
-    Ok(created)
+        .await;
+    match created {
+        Ok(created) => {
+            tracing::info!(table = %url, "offline store table created");
+            Ok(created)
+        }
+        // Two jobs creating the table at once: the loser's commit conflicts, and the
+        // winner's table is the one to use.
+        Err(e) => match load(engine, url).await? {
+            Loaded::Table(table) => Ok(table),
+            Loaded::Missing(_) => Err(err(e)),
+        },
+    }
 }
 
 /// A table's state: loaded, or not created yet (an unloaded handle to create it with).
@@ -218,6 +227,7 @@ pub async fn materialize_task(
         });
     }
 
+    let fence = engine.fence_mark().await;
     let ctx = engine.session();
     let planned = plan_window(engine, loaded, window).await?;
     let source = planned.source.clone();
@@ -337,6 +347,8 @@ pub async fn materialize_task(
         window_days.first().expect("non-empty window"),
         window_days.last().expect("non-empty window")
     );
+    // The last moment to refuse a result computed across a lost executor.
+    engine.check_fence(&fence).await?;
     let properties = CommitProperties::default()
         .with_application_transaction(Transaction::new(app_id, txn_version));
     let commit = CommitBuilder::from(properties)

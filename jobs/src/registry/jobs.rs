@@ -108,6 +108,9 @@ pub struct TaskInfo {
     pub error: Option<String>,
 }
 
+/// (state, count) pairs.
+pub type StateCounts = Vec<(String, i64)>;
+
 /// Job kinds.
 pub const BACKFILL: &str = "backfill";
 pub const RETRIEVAL: &str = "retrieval";
@@ -212,7 +215,9 @@ impl Registry {
     ) -> Result<JobId> {
         let id = JobId::generate(BACKFILL);
         let context = format!("creating backfill job for {r}");
-        let tx = self.conn.transaction().map_err(db_error(context.clone()))?;
+        let tx = self
+            .write_transaction()
+            .map_err(db_error(context.clone()))?;
         let mut timeline = load_timeline(&tx, r)?;
         for t in tasks {
             if let Some(p) = timeline
@@ -249,7 +254,9 @@ impl Registry {
     /// Marks a task attempt as started; returns the attempt number (1, 2, ...).
     pub fn start_task(&mut self, job: &JobId, index: i64) -> Result<i64> {
         let context = format!("starting task {index} of job {job}");
-        let tx = self.conn.transaction().map_err(db_error(context.clone()))?;
+        let tx = self
+            .write_transaction()
+            .map_err(db_error(context.clone()))?;
         tx.execute(
             "UPDATE tasks SET state = 'running', attempts = attempts + 1, updated_at = ?3
              WHERE job_id = ?1 AND idx = ?2",
@@ -278,7 +285,9 @@ impl Registry {
     /// window stays Pending.
     pub fn retry_task(&mut self, job: &JobId, index: i64, attempt: i64, error: &str) -> Result<()> {
         let context = format!("recording attempt {attempt} of task {index} of job {job}");
-        let tx = self.conn.transaction().map_err(db_error(context.clone()))?;
+        let tx = self
+            .write_transaction()
+            .map_err(db_error(context.clone()))?;
         tx.execute(
             "UPDATE tasks SET state = 'queued', error = ?3, updated_at = ?4 WHERE job_id = ?1 AND idx = ?2",
             params![job.as_str(), index, error, now()],
@@ -293,7 +302,9 @@ impl Registry {
     pub fn create_retrieval_job(&mut self, request: &str) -> Result<JobId> {
         let id = JobId::generate(RETRIEVAL);
         let context = "creating retrieval job".to_string();
-        let tx = self.conn.transaction().map_err(db_error(context.clone()))?;
+        let tx = self
+            .write_transaction()
+            .map_err(db_error(context.clone()))?;
         let stamp = now();
         tx.execute(
             "INSERT INTO jobs (id, kind, feature_set, feature_set_version, start_us, end_us, state, created_at, updated_at, request)
@@ -319,7 +330,9 @@ impl Registry {
         outcome: std::result::Result<u64, String>,
     ) -> Result<()> {
         let context = format!("finishing task {index} of job {job}");
-        let tx = self.conn.transaction().map_err(db_error(context.clone()))?;
+        let tx = self
+            .write_transaction()
+            .map_err(db_error(context.clone()))?;
         let (state, rows, error) = match outcome {
             Ok(rows) => (RunState::Succeeded, Some(rows as i64), None),
             Err(e) => (RunState::Failed, None, Some(e)),
@@ -341,7 +354,9 @@ impl Registry {
     /// Returns the job's state after the request.
     pub fn request_cancel(&mut self, job: &JobId) -> Result<RunState> {
         let context = format!("cancelling job {job}");
-        let tx = self.conn.transaction().map_err(db_error(context.clone()))?;
+        let tx = self
+            .write_transaction()
+            .map_err(db_error(context.clone()))?;
         let row: Option<(String, String, String, String)> = tx
             .query_row(
                 "SELECT state, kind, feature_set, feature_set_version FROM jobs WHERE id = ?1",
@@ -395,11 +410,31 @@ impl Registry {
         let info = self
             .job(job)?
             .ok_or_else(|| JobsError::InvalidInput(format!("unknown job {job}")))?;
-        let tx = self.conn.transaction().map_err(db_error(context.clone()))?;
+        let tx = self
+            .write_transaction()
+            .map_err(db_error(context.clone()))?;
         cancel_unfinished_tasks(&tx, job, &info.kind, &info.feature_set)?;
         set_job_final(&tx, job, RunState::Cancelled, Some("cancelled"))
             .map_err(db_error(context.clone()))?;
         tx.commit().map_err(db_error(context))
+    }
+
+    /// How many jobs and tasks are in each state: `(jobs, tasks)` as (state, count) pairs.
+    pub fn state_counts(&self) -> Result<(StateCounts, StateCounts)> {
+        let count = |table: &str| -> Result<Vec<(String, i64)>> {
+            let context = format!("counting {table} by state");
+            let mut stmt = self
+                .conn
+                .prepare(&format!(
+                    "SELECT state, COUNT(*) FROM {table} GROUP BY state ORDER BY state"
+                ))
+                .map_err(db_error(context.clone()))?;
+            stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .map_err(db_error(context.clone()))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_error(context))
+        };
+        Ok((count("jobs")?, count("tasks")?))
     }
 
     /// Jobs not yet ended, oldest first: what a scheduler resumes after a restart.
@@ -421,7 +456,9 @@ impl Registry {
     /// their attempts are recorded as interrupted.
     pub fn requeue_interrupted(&mut self, job: &JobId) -> Result<usize> {
         let context = format!("resuming job {job}");
-        let tx = self.conn.transaction().map_err(db_error(context.clone()))?;
+        let tx = self
+            .write_transaction()
+            .map_err(db_error(context.clone()))?;
         tx.execute(
             "UPDATE task_attempts SET state = 'interrupted', error = 'the scheduler stopped during this attempt', finished_at = ?2
              WHERE job_id = ?1 AND state = 'running'",
@@ -461,7 +498,9 @@ impl Registry {
                 "job {job} has no unfinished task to retry"
             )));
         }
-        let tx = self.conn.transaction().map_err(db_error(context.clone()))?;
+        let tx = self
+            .write_transaction()
+            .map_err(db_error(context.clone()))?;
         if info.kind == BACKFILL {
             let mut timeline = load_timeline(&tx, &info.feature_set)?;
             for t in &reopened {
@@ -500,7 +539,9 @@ impl Registry {
         let info = self
             .job(job)?
             .ok_or_else(|| JobsError::InvalidInput(format!("unknown job {job}")))?;
-        let tx = self.conn.transaction().map_err(db_error(context.clone()))?;
+        let tx = self
+            .write_transaction()
+            .map_err(db_error(context.clone()))?;
         for t in info.tasks.iter().filter(|t| !t.state.is_final()) {
             tx.execute(
                 "UPDATE tasks SET state = 'failed', error = ?3, updated_at = ?4 WHERE job_id = ?1 AND idx = ?2",
@@ -529,7 +570,9 @@ impl Registry {
         outcome: std::result::Result<(u64, Option<u64>), String>,
     ) -> Result<()> {
         let context = format!("finishing task {index} of job {job}");
-        let tx = self.conn.transaction().map_err(db_error(context.clone()))?;
+        let tx = self
+            .write_transaction()
+            .map_err(db_error(context.clone()))?;
         let (start, end): (i64, i64) = tx
             .query_row(
                 "SELECT start_us, end_us FROM tasks WHERE job_id = ?1 AND idx = ?2",

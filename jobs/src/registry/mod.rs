@@ -223,7 +223,9 @@ impl Registry {
         let r = EntityRef::new(&entity.name, &entity.version);
         let yaml = entity.to_yaml();
         let context = format!("registering entity {r}");
-        let tx = self.conn.transaction().map_err(db_error(context.clone()))?;
+        let tx = self
+            .write_transaction()
+            .map_err(db_error(context.clone()))?;
         let existing: Option<String> = tx
             .query_row(
                 "SELECT spec_yaml FROM entities WHERE name = ?1 AND version = ?2",
@@ -422,7 +424,7 @@ impl Registry {
         spec_yaml: &str,
         context: &str,
     ) -> Result<()> {
-        let tx = self.conn.transaction().map_err(db_error(context))?;
+        let tx = self.write_transaction().map_err(db_error(context))?;
         let offline = asset
             .materialization_settings
             .as_ref()
@@ -662,6 +664,17 @@ fn insert_tags(
 
 /// Applies the migrations this build knows and the database has not seen, each in its own
 /// transaction.
+impl Registry {
+    /// A transaction that takes the write lock at its start. SQLite cannot upgrade a read
+    /// transaction to a write one while another connection writes (it fails at once with
+    /// "database is locked", busy timeout or not); starting as a writer waits its turn instead.
+    /// A scheduler's concurrent submissions and task ends depend on this.
+    fn write_transaction(&mut self) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+        self.conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+    }
+}
+
 fn migrate(conn: &mut Connection, context: &str) -> Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -685,7 +698,21 @@ fn migrate(conn: &mut Connection, context: &str) -> Result<()> {
         )));
     }
     for (version, sql) in schema::MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-        let tx = conn.transaction().map_err(db_error(context))?;
+        // Immediate: two processes opening a new store at once take turns, and the second
+        // finds the migration applied.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_error(context))?;
+        let applied: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM schema_migrations WHERE version = ?1",
+                params![version],
+                |row| row.get(0),
+            )
+            .map_err(db_error(context))?;
+        if applied > 0 {
+            continue;
+        }
         tx.execute_batch(sql).map_err(db_error(context))?;
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",

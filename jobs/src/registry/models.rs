@@ -108,7 +108,9 @@ impl Registry {
         std::fs::rename(&staging, &dir)
             .map_err(|e| JobsError::io("cannot store the model in", &dir, e))?;
         let result = (|| {
-            let tx = self.conn.transaction().map_err(db_error(context.clone()))?;
+            let tx = self
+                .write_transaction()
+                .map_err(db_error(context.clone()))?;
             tx.execute(
                 "INSERT INTO models (name, version, retrieval_spec_yaml, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![r.name, r.version, spec.to_yaml(), now()],

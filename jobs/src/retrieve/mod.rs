@@ -95,6 +95,7 @@ pub struct RetrieveSummary {
 pub async fn retrieve(engine: &Engine, options: &RetrieveOptions) -> Result<RetrieveSummary> {
     let started = Instant::now();
     let (output, sets) = check_request(options)?;
+    let fence = engine.fence_mark().await;
 
     let ctx = engine.session();
     let kind = observation_kind(&options.observations, options.observations_format);
@@ -309,6 +310,7 @@ pub async fn retrieve(engine: &Engine, options: &RetrieveOptions) -> Result<Retr
         &staging.path().join(RETRIEVAL_SPEC_FILE_NAME),
         used.to_yaml().as_bytes(),
     )?;
+    engine.check_fence(&fence).await?;
     staging.publish(&output, options.overwrite)?;
     let summary = RetrieveSummary {
         output,

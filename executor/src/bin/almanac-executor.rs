@@ -1,0 +1,5 @@
+//! The `almanac-executor` binary.
+
+fn main() -> std::process::ExitCode {
+    almanac_executor::main()
+}

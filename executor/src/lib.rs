@@ -1,0 +1,252 @@
+//! `almanac-executor`: a Ballista executor that runs Almanac's tasks.
+//!
+//! It is Ballista's executor process with Almanac's parts plugged in: the codecs for the as-of
+//! join, the offline-store writer and the ordered observation scan; the timestamp functions;
+//! the object stores (credentials from the environment); a memory pool that makes operators
+//! spill. It asks the scheduler for work (pull-based), so it may join or leave a cluster at
+//! any time. On SIGTERM it stops taking tasks, finishes the running ones and exits.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use almanac_jobs::engine::{EngineConfig, almanac_session_state, runtime_builder};
+use ballista_core::RuntimeProducer;
+use ballista_core::config::TaskSchedulingPolicy;
+use ballista_core::extension::SessionConfigExt;
+use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error(transparent)]
+    Jobs(#[from] almanac_jobs::JobsError),
+    #[error("--scheduler '{0}': expected HOST:PORT of the scheduler's executor endpoint")]
+    SchedulerAddress(String),
+    #[error("--memory-limit '{0}': expected a size such as 2GiB or 512MiB")]
+    MemoryLimit(String),
+    #[error("{0}")]
+    Ballista(String),
+    #[error("the scheduler at {address} refused this executor: {message}")]
+    Refused { address: String, message: String },
+    #[error("cannot reach the scheduler at {address} within {secs}s: {message}")]
+    Unreachable {
+        address: String,
+        secs: u16,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Flags of `almanac-executor`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "almanac-executor", version, about = "Almanac's executor")]
+pub struct ExecutorArgs {
+    /// The scheduler's executor endpoint, HOST:PORT (its --executor-bind).
+    #[arg(long, env = "ALMANAC_EXECUTOR_SCHEDULER")]
+    pub scheduler: String,
+    /// Tasks this executor runs at once (default: the machine's cores).
+    #[arg(long)]
+    pub slots: Option<usize>,
+    /// Folder for shuffle files and spills (default: a temporary folder).
+    #[arg(long)]
+    pub work_dir: Option<String>,
+    /// Memory its tasks may use before operators spill, e.g. 2GiB (default: a share of the
+    /// machine's or container's memory).
+    #[arg(long)]
+    pub memory_limit: Option<String>,
+    /// Address to listen on for shuffle reads from other executors.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind_host: String,
+    /// The host other executors and the scheduler reach this one at.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub advertise_host: String,
+    /// Port of the shuffle (Arrow Flight) service.
+    #[arg(long, default_value_t = 50051)]
+    pub port: u16,
+    /// Port of its gRPC service.
+    #[arg(long, default_value_t = 50052)]
+    pub grpc_port: u16,
+    /// Seconds to keep retrying the first connection to the scheduler.
+    #[arg(long, default_value_t = 30)]
+    pub connect_timeout_secs: u16,
+    #[arg(long, value_enum, default_value = "text", env = "ALMANAC_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Report this Almanac version instead of the built one (tests of version checks).
+    #[arg(long, hide = true)]
+    pub pretend_version: Option<String>,
+}
+
+pub fn main() -> ExitCode {
+    let args = ExecutorArgs::parse();
+    almanac_jobs::logging::init(
+        args.log_format == LogFormat::Json,
+        almanac_jobs::logging::DEFAULT_FILTER,
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "executor stopped");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn memory_limit(text: &str) -> Result<u64, ExecutorError> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| ExecutorError::MemoryLimit(text.to_string()))
+}
+
+/// Runs the executor until SIGTERM or Ctrl-C (Ballista's process handles both, draining).
+pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
+    let (host, port) = args
+        .scheduler
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        .filter(|(h, _)| !h.is_empty())
+        .ok_or_else(|| ExecutorError::SchedulerAddress(args.scheduler.clone()))?;
+    let memory_pool_size = args.memory_limit.as_deref().map(memory_limit).transpose()?;
+    let version = args
+        .pretend_version
+        .clone()
+        .unwrap_or_else(|| almanac_proto::ALMANAC_VERSION.to_string());
+
+    // The session state gives the executor the same config, codecs and functions as the
+    // scheduler that plans the tasks.
+    let state = almanac_session_state(&EngineConfig::default())?;
+    let session_config = state.config().clone();
+    let logical = session_config.ballista_logical_extension_codec();
+    let physical = session_config.ballista_physical_extension_codec();
+    let functions = Arc::new(BallistaFunctionRegistry::from(&state));
+    let spill_dir = args.work_dir.clone();
+    let runtime_producer: RuntimeProducer = Arc::new(move |_| {
+        let mut runtime = runtime_builder();
+        if let Some(dir) = &spill_dir {
+            runtime = runtime.with_temp_file_path(dir.clone());
+        }
+        Ok(Arc::new(runtime.build()?))
+    });
+    let agent = almanac_proto::executor_user_agent(&version);
+    let executor_id = ExecutorProcessConfig::default().executor_id;
+    register(
+        &args.scheduler,
+        &version,
+        &executor_id,
+        args.connect_timeout_secs,
+    )
+    .await?;
+    let mut config = ExecutorProcessConfig {
+        executor_id,
+        bind_host: args.bind_host.clone(),
+        external_host: Some(args.advertise_host.clone()),
+        port: args.port,
+        grpc_port: args.grpc_port,
+        scheduler_host: host,
+        scheduler_port: port,
+        scheduler_connect_timeout_seconds: args.connect_timeout_secs,
+        task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
+        work_dir: args.work_dir.clone(),
+        print_thread_info: false,
+        executor_heartbeat_interval_seconds: 5,
+        // Shuffle files of finished queries are removed after an hour, checked every minute.
+        job_data_ttl_seconds: 3600,
+        job_data_clean_up_interval_seconds: 60,
+        memory_pool_size,
+        override_function_registry: Some(functions),
+        override_runtime_producer: Some(runtime_producer),
+        override_config_producer: Some(Arc::new(move || session_config.clone())),
+        override_logical_codec: Some(logical),
+        override_physical_codec: Some(physical),
+        // The scheduler refuses executors of another Almanac version by this agent.
+        override_create_grpc_client_endpoint: Some(Arc::new(move |endpoint| {
+            Ok(endpoint.user_agent(agent.clone())?)
+        })),
+        ..ExecutorProcessConfig::default()
+    };
+    if let Some(slots) = args.slots {
+        config.vcores = slots.max(1);
+    }
+    tracing::info!(
+        id = %config.executor_id,
+        scheduler = %args.scheduler,
+        slots = config.vcores,
+        version = %version,
+        "almanac executor starting"
+    );
+    start_executor_process(Arc::new(config))
+        .await
+        .map_err(|e| ExecutorError::Ballista(format!("{e}")))
+}
+
+/// Almanac's handshake before Ballista's: the scheduler refuses another Almanac version, and
+/// the executor then exits with its reason rather than polling a scheduler that refuses it.
+async fn register(
+    address: &str,
+    version: &str,
+    executor_id: &str,
+    timeout_secs: u16,
+) -> Result<(), ExecutorError> {
+    use almanac_proto::v1::RegisterExecutorRequest;
+    use almanac_proto::v1::executor_service_client::ExecutorServiceClient;
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs.max(1) as u64);
+    let url = format!("http://{address}");
+    loop {
+        let attempt = async {
+            let mut client = ExecutorServiceClient::connect(url.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            client
+                .register(RegisterExecutorRequest {
+                    version: version.to_string(),
+                    executor_id: executor_id.to_string(),
+                })
+                .await
+                .map_err(|status| {
+                    if status.code() == tonic::Code::FailedPrecondition {
+                        format!("refused: {}", status.message())
+                    } else {
+                        status.to_string()
+                    }
+                })
+        };
+        match attempt.await {
+            Ok(_) => return Ok(()),
+            Err(message) if message.starts_with("refused: ") => {
+                return Err(ExecutorError::Refused {
+                    address: address.to_string(),
+                    message: message.trim_start_matches("refused: ").to_string(),
+                });
+            }
+            Err(message) if std::time::Instant::now() >= deadline => {
+                return Err(ExecutorError::Unreachable {
+                    address: address.to_string(),
+                    secs: timeout_secs,
+                    message,
+                });
+            }
+            Err(message) => {
+                tracing::warn!(scheduler = address, error = %message, "scheduler not reachable yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Structured logs for every Almanac process: text or JSON lines on stderr.
+
+use tracing_subscriber::EnvFilter;
+
+/// The filter when `RUST_LOG` is unset. Ballista and DataFusion log through `log` at info level
+/// per query; keep them quiet unless asked. delta-rs warns whenever parallel tasks commit close
+/// together, which is expected and resolved by its conflict check.
+pub const DEFAULT_FILTER: &str = "warn,almanac=info,deltalake_core::kernel::transaction=error";
+
+/// Installs the global subscriber; `RUST_LOG` overrides `default_filter`.
+pub fn init(json: bool, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // A second init (tests running services in-process) keeps the first subscriber.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

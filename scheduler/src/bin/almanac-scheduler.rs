@@ -1,0 +1,5 @@
+//! The `almanac-scheduler` binary.
+
+fn main() -> std::process::ExitCode {
+    almanac_scheduler::main()
+}

@@ -1,0 +1,894 @@
+//! The cluster: `almanac-scheduler` and `almanac-executor` started as separate processes on
+//! loopback, driven by the CLI's `--scheduler` mode and the job API. Executors are killed,
+//! added and drained mid-job, the scheduler is killed and restarted, and the results are
+//! compared with the embedded engine's.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use almanac_jobs::offline::table_url;
+use almanac_jobs::registry::{FeatureSetRef, Registry};
+use almanac_proto::v1 as api;
+use almanac_proto::v1::job_service_client::JobServiceClient;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::SessionContext;
+
+use crate::common::{Output, failed, ok, run_cli};
+
+const SCHEDULER: &str = env!("CARGO_BIN_EXE_it-almanac-scheduler");
+const EXECUTOR: &str = env!("CARGO_BIN_EXE_it-almanac-executor");
+
+/// Logs of the services: Almanac's, and Ballista's executor noting each task it receives.
+const LOG_FILTER: &str = "warn,almanac=info,ballista_executor::execution_loop=info";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A service process; killed when dropped.
+struct Service {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    fn spawn(name: &str, exe: &str, args: &[String], log: PathBuf) -> Service {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(exe)
+            .args(args)
+            .env("RUST_LOG", LOG_FILTER)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {exe}: {e}"));
+        Service {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -s {signal} {} failed", self.name);
+    }
+
+    /// SIGKILL, and reap it.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A scheduler and its executors over one store.
+struct Cluster {
+    dir: PathBuf,
+    home: PathBuf,
+    api_port: u16,
+    executor_port: u16,
+    http_port: u16,
+    scheduler_args: Vec<String>,
+    scheduler: Option<Service>,
+    executors: Vec<Service>,
+    starts: usize,
+}
+
+impl Cluster {
+    /// Starts a scheduler over `home` with `extra` flags.
+    fn start(dir: &Path, home: &Path, extra: &[&str]) -> Cluster {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
+            home: home.to_path_buf(),
+            api_port: free_port(),
+            executor_port: free_port(),
+            http_port: free_port(),
+            scheduler_args: extra.iter().map(|s| s.to_string()).collect(),
+            scheduler: None,
+            executors: Vec::new(),
+            starts: 0,
+        };
+        cluster.start_scheduler();
+        cluster
+    }
+
+    fn api(&self) -> String {
+        format!("127.0.0.1:{}", self.api_port)
+    }
+
+    fn start_scheduler(&mut self) {
+        self.starts += 1;
+        let mut args: Vec<String> = vec![
+            "--home".into(),
+            self.home.display().to_string(),
+            "--bind".into(),
+            self.api(),
+            "--executor-bind".into(),
+            format!("127.0.0.1:{}", self.executor_port),
+            "--http-bind".into(),
+            format!("127.0.0.1:{}", self.http_port),
+            "--executor-timeout-secs".into(),
+            "10".into(),
+            "--retry-backoff-ms".into(),
+            "200".into(),
+            "--max-attempts".into(),
+            "5".into(),
+        ];
+        args.extend(self.scheduler_args.iter().cloned());
+        let log = self.dir.join(format!("scheduler-{}.log", self.starts));
+        self.scheduler = Some(Service::spawn("scheduler", SCHEDULER, &args, log));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(self.api()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the scheduler did not start:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts an executor; returns its index. `extra`: more flags.
+    fn add_executor(&mut self, slots: usize, extra: &[&str]) -> usize {
+        let n = self.executors.len();
+        let mut args: Vec<String> = vec![
+            "--scheduler".into(),
+            format!("127.0.0.1:{}", self.executor_port),
+            "--slots".into(),
+            slots.to_string(),
+            "--bind-host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            free_port().to_string(),
+            "--grpc-port".into(),
+            free_port().to_string(),
+            "--work-dir".into(),
+            self.dir.join(format!("executor-{n}")).display().to_string(),
+            "--memory-limit".into(),
+            "512MiB".into(),
+        ];
+        std::fs::create_dir_all(self.dir.join(format!("executor-{n}"))).unwrap();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = self.dir.join(format!("executor-{n}.log"));
+        self.executors.push(Service::spawn(
+            &format!("executor {n}"),
+            EXECUTOR,
+            &args,
+            log,
+        ));
+        n
+    }
+
+    fn client<T>(
+        &self,
+        call: impl AsyncFnOnce(&mut JobServiceClient<tonic::transport::Channel>) -> T,
+    ) -> T {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut client = JobServiceClient::connect(format!("http://{}", self.api()))
+                .await
+                .unwrap();
+            call(&mut client).await
+        })
+    }
+
+    fn status(&self) -> api::ClusterStatusResponse {
+        self.client(async |c| {
+            c.cluster_status(api::ClusterStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+        })
+    }
+
+    fn job(&self, id: &str) -> api::Job {
+        let id = id.to_string();
+        self.client(async move |c| {
+            c.get_job(api::GetJobRequest { job_id: id })
+                .await
+                .unwrap()
+                .into_inner()
+        })
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, mut done: impl FnMut(&Cluster) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_active(&self, n: usize) {
+        self.wait_for(
+            &format!("{n} active executor(s)"),
+            Duration::from_secs(60),
+            |c| {
+                c.status()
+                    .executors
+                    .iter()
+                    .filter(|e| e.status == "active")
+                    .count()
+                    >= n
+            },
+        );
+    }
+
+    fn wait_tasks_done(&self, job: &str, n: u32) {
+        self.wait_for(
+            &format!("{n} task(s) of {job}"),
+            Duration::from_secs(120),
+            |c| c.job(job).tasks_done >= n,
+        );
+    }
+
+    fn wait_end(&self, job: &str) -> api::Job {
+        let mut ended = None;
+        self.wait_for(
+            &format!("job {job} to end"),
+            Duration::from_secs(300),
+            |c| {
+                let j = c.job(job);
+                let done = ["succeeded", "failed", "cancelled"].contains(&j.state.as_str());
+                if done {
+                    ended = Some(j);
+                }
+                done
+            },
+        );
+        ended.unwrap()
+    }
+
+    /// `almanac --scheduler API ARGS`.
+    fn cli(&self, args: &[&str]) -> Output {
+        let api = self.api();
+        let mut all = vec!["--scheduler", api.as_str()];
+        all.extend_from_slice(args);
+        run_cli(&all)
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for s in self.scheduler.iter().chain(&self.executors) {
+            let log = s.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            out.push_str(&format!("--- {} ---\n", s.name));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// A store over the example transactions set and sample data under `root`, registered in
+/// each of `homes`.
+fn example_store(root: &Path, days: u32, homes: &[&Path]) {
+    let data = root.join("data");
+    ok(&run_cli(&[
+        "sample-data",
+        "--out",
+        data.to_str().unwrap(),
+        "--accounts",
+        "30",
+        "--transactions",
+        "1500",
+        "--days",
+        &days.to_string(),
+    ]));
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fraud");
+    let set = root.join("featuresets/transactions");
+    std::fs::create_dir_all(set.join("spec")).unwrap();
+    let from = examples.join("featuresets/transactions");
+    std::fs::copy(
+        from.join("featureset_asset.yaml"),
+        set.join("featureset_asset.yaml"),
+    )
+    .unwrap();
+    for entry in std::fs::read_dir(from.join("spec")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), set.join("spec").join(entry.file_name())).unwrap();
+    }
+    let entity = examples.join("entities/account.yaml");
+    for home in homes {
+        let home = home.to_str().unwrap();
+        ok(&run_cli(&[
+            "--home",
+            home,
+            "entity",
+            "create",
+            "--file",
+            entity.to_str().unwrap(),
+        ]));
+        ok(&run_cli(&[
+            "--home",
+            home,
+            "featureset",
+            "create",
+            "--file",
+            set.join("featureset_asset.yaml").to_str().unwrap(),
+        ]));
+    }
+}
+
+/// The offline table's rows (all columns but the write time), sorted, as text.
+fn offline_rows(home: &Path) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let root = Registry::open(home).unwrap().offline_root().unwrap();
+        let r = FeatureSetRef::new("transactions", "1");
+        let table = deltalake::open_table(table_url(&root, &r).unwrap())
+            .await
+            .unwrap();
+        let ctx = SessionContext::new();
+        ctx.register_table("t", table.table_provider().await.unwrap())
+            .unwrap();
+        let batches = ctx
+            .sql("SELECT * EXCLUDE (create_timestamp) FROM t ORDER BY \"accountID\", \"timestamp\"")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        pretty_format_batches(&batches).unwrap().to_string()
+    })
+}
+
+/// The first rows that differ, if any.
+fn assert_same_rows(got: &str, want: &str, cluster: &Cluster) {
+    let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+    let diffs: Vec<String> = g
+        .iter()
+        .zip(&w)
+        .filter(|(a, b)| a != b)
+        .take(3)
+        .map(|(a, b)| format!("got  {a}\nwant {b}"))
+        .collect();
+    assert!(
+        diffs.is_empty() && g.len() == w.len(),
+        "{} vs {} lines; first differences:\n{}\nscheduler warnings:\n{}",
+        g.len(),
+        w.len(),
+        diffs.join("\n"),
+        cluster
+            .scheduler
+            .as_ref()
+            .map(|s| s
+                .log()
+                .lines()
+                .filter(|l| l.contains("WARN"))
+                .collect::<Vec<_>>()
+                .join("\n"))
+            .unwrap_or_default()
+    );
+}
+
+/// How many times each of a job's task transaction ids was committed to the table's log.
+fn committed_task_ids(home: &Path, job: &str) -> HashMap<String, usize> {
+    let root = Registry::open(home).unwrap().offline_root().unwrap();
+    let table = table_url(&root, &FeatureSetRef::new("transactions", "1")).unwrap();
+    let log = table.to_file_path().unwrap().join("_delta_log");
+    let mut counts = HashMap::new();
+    for entry in std::fs::read_dir(&log).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let action: serde_json::Value = serde_json::from_str(line).unwrap();
+                if let Some(app) = action["txn"]["appId"].as_str()
+                    && app.starts_with(&format!("almanac:{job}:"))
+                {
+                    *counts.entry(app.to_string()).or_default() += 1;
+                }
+            }
+        }
+    }
+    counts
+}
+
+/// Every file of a retrieval output, by relative path.
+fn output_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for sub in ["", "data"] {
+        for entry in std::fs::read_dir(dir.join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                let name = format!("{sub}/{}", path.file_name().unwrap().to_string_lossy());
+                files.push((name, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn job_id(stdout: &str) -> String {
+    stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("backfill-") || w.starts_with("retrieval-"))
+        .unwrap_or_else(|| panic!("no job id in:\n{stdout}"))
+        .trim_end_matches(':')
+        .to_string()
+}
+
+const START: &str = "2023-01-01";
+const END: &str = "2023-01-21";
+
+#[test]
+fn a_cluster_gives_the_embedded_results_while_executors_die_join_and_drain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (embedded, clustered) = (root.join("embedded"), root.join("clustered"));
+    example_store(root, 20, &[&embedded, &clustered]);
+
+    // The reference: the embedded engine.
+    let home = embedded.to_str().unwrap();
+    let t = Instant::now();
+    ok(&run_cli(&[
+        "--home",
+        home,
+        "backfill",
+        "transactions:1",
+        "--start",
+        START,
+        "--end",
+        END,
+    ]));
+    eprintln!("embedded backfill: {:.1}s", t.elapsed().as_secs_f64());
+    let reference = offline_rows(&embedded);
+    assert!(reference.lines().count() > 1000, "{reference}");
+
+    let mut cluster = Cluster::start(&root.join("cluster"), &clustered, &[]);
+    cluster.add_executor(2, &[]);
+    cluster.add_executor(2, &[]);
+    cluster.wait_active(2);
+    let t = Instant::now();
+    let out = ok(&cluster.cli(&[
+        "backfill",
+        "transactions:1",
+        "--start",
+        START,
+        "--end",
+        END,
+        "--wait",
+    ]));
+    eprintln!(
+        "cluster backfill, 2 executors: {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        out.contains("succeeded") && out.contains("tasks 20/20"),
+        "{out}"
+    );
+    assert_same_rows(&offline_rows(&clustered), &reference, &cluster);
+    for (i, e) in cluster.executors.iter().enumerate() {
+        assert!(
+            e.log().contains("Received task"),
+            "executor {i} ran no task:\n{}",
+            cluster.logs()
+        );
+    }
+
+    // The same backfill again while one executor is killed, one joins and one drains.
+    let out = ok(&cluster.cli(&[
+        "backfill",
+        "transactions:1",
+        "--start",
+        START,
+        "--end",
+        END,
+        "--data-status",
+        "Complete",
+    ]));
+    let job = job_id(&out);
+    cluster.wait_tasks_done(&job, 2);
+    cluster.executors[0].signal("KILL");
+    let joined = cluster.add_executor(2, &[]);
+    cluster.wait_tasks_done(&job, 8);
+    cluster.executors[1].signal("TERM");
+    let ended = cluster.wait_end(&job);
+    assert_eq!(ended.state, "succeeded", "{ended:?}\n{}", cluster.logs());
+    assert_eq!(ended.tasks_done, 20);
+    let drained = cluster.executors[1].wait_exit(Duration::from_secs(60));
+    assert!(
+        drained.is_some_and(|s| s.success()),
+        "the drained executor did not exit cleanly: {drained:?}\n{}",
+        cluster.logs()
+    );
+    assert!(
+        cluster.executors[joined].log().contains("Received task"),
+        "the executor started mid-job got no task:\n{}",
+        cluster.logs()
+    );
+    assert_same_rows(&offline_rows(&clustered), &reference, &cluster);
+    let commits = committed_task_ids(&clustered, &job);
+    assert_eq!(commits.len(), 20, "{commits:?}");
+    assert!(commits.values().all(|n| *n == 1), "{commits:?}");
+
+    // Retrieval: the same bytes as the embedded run.
+    let observations = root.join("data/observations/batch_inference");
+    let retrieve = |output: &Path| {
+        vec![
+            "retrieve".to_string(),
+            "--features".into(),
+            "transactions:1:transaction_7d_count,transactions:1:transaction_amount_3d_avg".into(),
+            "--observations".into(),
+            observations.display().to_string(),
+            "--timestamp-column".into(),
+            "timestamp".into(),
+            "--output".into(),
+            output.display().to_string(),
+            "--rows-per-file".into(),
+            "100".into(),
+        ]
+    };
+    let mut args = vec!["--home".to_string(), home.to_string()];
+    args.extend(retrieve(&root.join("embedded-out")));
+    ok(&run_cli(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    let args = retrieve(&root.join("cluster-out"));
+    let out = ok(&cluster.cli(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    assert!(out.contains("retrieved"), "{out}");
+    let (a, b) = (
+        output_files(&root.join("embedded-out")),
+        output_files(&root.join("cluster-out")),
+    );
+    assert!(
+        a.len() > 2,
+        "{:?}",
+        a.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    // The written spec names the store it read from; each run has its own.
+    let spec = |files: &[(String, Vec<u8>)], home: &Path| {
+        String::from_utf8(files[0].1.clone())
+            .unwrap()
+            .replace(&home.display().to_string(), "HOME")
+    };
+    assert_eq!(a[0].0, "/feature_retrieval_spec.yaml");
+    assert_eq!(spec(&a, &embedded), spec(&b, &clustered));
+    assert!(
+        a[1..] == b[1..],
+        "the cluster's retrieval differs from the embedded one"
+    );
+
+    let status = ok(&cluster.cli(&["cluster", "status"]));
+    assert!(status.contains("active executor(s)"), "{status}");
+    let metrics = http_get(cluster.http_port, "/metrics");
+    assert!(
+        metrics.contains("almanac_jobs{state=\"succeeded\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("almanac_task_duration_seconds_count"),
+        "{metrics}"
+    );
+    assert!(http_get(cluster.http_port, "/healthz").contains("ok"));
+    assert!(http_get(cluster.http_port, "/readyz").contains("ready"));
+}
+
+/// The body of `GET path` on loopback.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn a_scheduler_killed_mid_job_finishes_it_exactly_once_after_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let home = root.join("store");
+    example_store(root, 20, &[&home]);
+    let mut cluster = Cluster::start(&root.join("cluster"), &home, &["--parallel-tasks", "1"]);
+    cluster.add_executor(2, &[]);
+    cluster.wait_active(1);
+    let out = ok(&cluster.cli(&["backfill", "transactions:1", "--start", START, "--end", END]));
+    let job = job_id(&out);
+    cluster.wait_tasks_done(&job, 3);
+    cluster.scheduler.as_mut().unwrap().kill();
+    cluster.start_scheduler();
+    let ended = cluster.wait_end(&job);
+    assert_eq!(ended.state, "succeeded", "{ended:?}\n{}", cluster.logs());
+    let commits = committed_task_ids(&home, &job);
+    assert_eq!(commits.len(), 20, "{commits:?}");
+    assert!(
+        commits.values().all(|n| *n == 1),
+        "a task committed twice: {commits:?}"
+    );
+    // No row twice.
+    let rows = offline_rows(&home);
+    let mut keys: Vec<&str> = rows
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .skip(1)
+        .collect();
+    let all = keys.len();
+    keys.dedup();
+    assert_eq!(keys.len(), all);
+    assert!(
+        cluster
+            .scheduler
+            .as_ref()
+            .unwrap()
+            .log()
+            .contains("resuming")
+            || ended.tasks.iter().all(|t| t.attempts >= 1),
+        "{}",
+        cluster.logs()
+    );
+}
+
+#[test]
+fn a_cancelled_job_stops_and_commits_nothing_more() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let home = root.join("store");
+    example_store(root, 20, &[&home]);
+    let mut cluster = Cluster::start(&root.join("cluster"), &home, &["--parallel-tasks", "1"]);
+    cluster.add_executor(1, &[]);
+    cluster.wait_active(1);
+    let out = ok(&cluster.cli(&["backfill", "transactions:1", "--start", START, "--end", END]));
+    let job = job_id(&out);
+    cluster.wait_tasks_done(&job, 2);
+    let out = ok(&cluster.cli(&["job", "cancel", &job]));
+    assert!(out.contains("cancelled"), "{out}");
+    let cancelled = cluster.job(&job);
+    assert_eq!(cancelled.state, "cancelled");
+    let committed = committed_task_ids(&home, &job).len();
+    assert!(committed < 20, "{committed}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        committed_task_ids(&home, &job).len(),
+        committed,
+        "a task committed after the cancel"
+    );
+    let succeeded = cancelled
+        .tasks
+        .iter()
+        .filter(|t| t.state == "succeeded")
+        .count();
+    assert_eq!(succeeded, committed);
+    assert!(
+        cancelled
+            .tasks
+            .iter()
+            .all(|t| t.state == "succeeded" || t.state == "cancelled"),
+        "{cancelled:?}"
+    );
+    // The cancelled windows are not left Pending: a later backfill takes them.
+    let status = ok(&run_cli(&[
+        "--home",
+        home.to_str().unwrap(),
+        "featureset",
+        "status",
+        "transactions:1",
+    ]));
+    assert!(
+        !status.contains("Pending") && status.contains("Incomplete"),
+        "{status}"
+    );
+    // Cancelling an ended job changes nothing.
+    let again = ok(&cluster.cli(&["job", "cancel", &job]));
+    assert!(again.contains("cancelled"), "{again}");
+}
+
+#[test]
+fn fifty_jobs_at_once_all_finish_within_the_running_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let home = root.join("store");
+    example_store(root, 60, &[&home]);
+    let mut cluster = Cluster::start(
+        &root.join("cluster"),
+        &home,
+        &["--max-running-jobs", "3", "--parallel-tasks", "1"],
+    );
+    cluster.add_executor(2, &[]);
+    cluster.wait_active(1);
+    let start = chrono::NaiveDate::from_ymd_opt(2023, 1, 3).unwrap();
+    let api = cluster.api();
+    std::thread::scope(|s| {
+        for t in 0..10 {
+            let api = api.clone();
+            s.spawn(move || {
+                for i in 0..5 {
+                    let day = start + chrono::Days::new(t * 5 + i);
+                    let next = day + chrono::Days::new(1);
+                    let (day, next) = (day.to_string(), next.to_string());
+                    ok(&run_cli(&[
+                        "--scheduler",
+                        &api,
+                        "backfill",
+                        "transactions:1",
+                        "--start",
+                        &day,
+                        "--end",
+                        &next,
+                    ]));
+                }
+            });
+        }
+    });
+    let list = || {
+        cluster.client(async |c| {
+            c.list_jobs(api::ListJobsRequest {
+                feature_set: String::new(),
+                limit: 100,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs
+        })
+    };
+    assert_eq!(list().len(), 50);
+    cluster.wait_for("50 jobs to end", Duration::from_secs(600), |_| {
+        list()
+            .iter()
+            .all(|j| j.state != "queued" && j.state != "running")
+    });
+    let jobs = list();
+    assert!(jobs.iter().all(|j| j.state == "succeeded"), "{jobs:?}");
+    // At no instant were more than 3 running.
+    let mut edges: Vec<(String, i32)> = Vec::new();
+    for j in &jobs {
+        edges.push((j.started_at.clone().unwrap(), 1));
+        edges.push((j.finished_at.clone().unwrap(), -1));
+    }
+    edges.sort();
+    let (mut running, mut most) = (0, 0);
+    for (_, d) in edges {
+        running += d;
+        most = most.max(running);
+    }
+    assert!((1..=3).contains(&most), "{most} jobs ran at once");
+}
+
+#[test]
+fn bad_cluster_input_fails_clearly_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let home = root.join("store");
+    example_store(root, 20, &[&home]);
+    let mut cluster = Cluster::start(&root.join("cluster"), &home, &[]);
+
+    let err = failed(&cluster.cli(&["backfill", "nope:1", "--start", START, "--end", END]));
+    assert!(err.contains("unknown feature set nope:1"), "{err}");
+    let err = failed(&cluster.cli(&[
+        "retrieve",
+        "--features",
+        "nope:1:x",
+        "--observations",
+        root.join("data/observations/train").to_str().unwrap(),
+        "--timestamp-column",
+        "timestamp",
+        "--output",
+        root.join("never").to_str().unwrap(),
+    ]));
+    assert!(err.contains("nope:1"), "{err}");
+    assert!(!root.join("never").exists());
+
+    // Malformed requests straight to the API.
+    let refused = cluster.client(async |c| {
+        let mut messages = Vec::new();
+        let bad = c
+            .submit_backfill(api::SubmitBackfillRequest {
+                feature_set: "no-version".into(),
+                start_us: 0,
+                end_us: 86_400_000_000,
+                data_statuses: vec![],
+                partition_us: 0,
+            })
+            .await
+            .unwrap_err();
+        messages.push((bad.code(), bad.message().to_string()));
+        let bad = c
+            .submit_backfill(api::SubmitBackfillRequest {
+                feature_set: "transactions:1".into(),
+                start_us: 0,
+                end_us: 86_400_000_000,
+                data_statuses: vec!["Sometimes".into()],
+                partition_us: 0,
+            })
+            .await
+            .unwrap_err();
+        messages.push((bad.code(), bad.message().to_string()));
+        let bad = c
+            .submit_retrieval(api::SubmitRetrievalRequest {
+                features: vec!["transactions:1".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        messages.push((bad.code(), bad.message().to_string()));
+        let bad = c
+            .get_job(api::GetJobRequest {
+                job_id: "backfill-nope".into(),
+            })
+            .await
+            .unwrap_err();
+        messages.push((bad.code(), bad.message().to_string()));
+        messages
+    });
+    assert_eq!(refused[0].0, tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused[0].1.contains("no-version"), "{refused:?}");
+    assert!(refused[1].1.contains("Sometimes"), "{refused:?}");
+    assert_eq!(refused[2].0, tonic::Code::InvalidArgument, "{refused:?}");
+    assert_eq!(refused[3].0, tonic::Code::NotFound, "{refused:?}");
+    assert!(ok(&cluster.cli(&["job", "list"])).contains("no jobs"));
+
+    // An executor of another Almanac version is refused and exits.
+    let other = cluster.add_executor(1, &["--pretend-version", "9.9.9"]);
+    let exited = cluster.executors[other].wait_exit(Duration::from_secs(60));
+    assert!(
+        exited.is_some_and(|s| !s.success()),
+        "{exited:?}\n{}",
+        cluster.logs()
+    );
+    let log = cluster.executors[other].log();
+    assert!(
+        log.contains("runs Almanac 0.1.0, the executor Almanac 9.9.9"),
+        "{log}"
+    );
+    assert!(cluster.status().executors.is_empty());
+
+    // A scheduler that does not answer: said so within seconds.
+    let t = Instant::now();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let err = failed(&run_cli(&["--scheduler", &dead, "job", "list"]));
+    assert!(err.contains("does not answer"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(6));
+    cluster.scheduler.as_mut().unwrap().kill();
+    let err = failed(&cluster.cli(&["cluster", "status"]));
+    assert!(err.contains("does not answer"), "{err}");
+}

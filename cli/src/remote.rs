@@ -327,14 +327,15 @@ async fn cluster_status(
         .collect();
     writeln!(
         out,
-        "almanac {}: {} active executor(s), {} slot(s); jobs running {} (at most {}), queued {}; tasks running {}",
+        "almanac {}: {} active executor(s), {} slot(s); jobs running {} (at most {}), queued {}; tasks running {}; queries on the cluster {}",
         s.version,
         active.len(),
         active.iter().map(|e| e.slots).sum::<u32>(),
         s.running_jobs,
         s.max_running_jobs,
         s.queued_jobs,
-        s.running_tasks
+        s.running_tasks,
+        s.running_queries
     )?;
     for e in &s.executors {
         writeln!(

@@ -245,6 +245,7 @@ impl JobService for Api {
             queued_jobs: count(&jobs, "queued"),
             running_tasks: count(&tasks, "running"),
             max_running_jobs: self.manager.config().max_running_jobs as u32,
+            running_queries: self.cluster.running_queries() as u32,
         }))
     }
 }

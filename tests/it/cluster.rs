@@ -684,6 +684,10 @@ fn a_cancelled_job_stops_and_commits_nothing_more() {
     assert!(out.contains("cancelled"), "{out}");
     let cancelled = cluster.job(&job);
     assert_eq!(cancelled.state, "cancelled");
+    // Its queries are stopped on the cluster, not left to finish.
+    cluster.wait_for("no query running", Duration::from_secs(5), |c| {
+        c.status().running_queries == 0
+    });
     let committed = committed_task_ids(&home, &job).len();
     assert!(committed < 20, "{committed}");
     std::thread::sleep(Duration::from_secs(3));

@@ -27,6 +27,8 @@ pub enum ExecutorError {
     MemoryLimit(String),
     #[error("{0}")]
     Ballista(String),
+    #[error("{0}")]
+    Setup(String),
     #[error("the scheduler at {address} refused this executor: {message}")]
     Refused { address: String, message: String },
     #[error("cannot reach the scheduler at {address} within {secs}s: {message}")]
@@ -124,6 +126,19 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         .filter(|(h, _)| !h.is_empty())
         .ok_or_else(|| ExecutorError::SchedulerAddress(args.scheduler.clone()))?;
     let memory_pool_size = args.memory_limit.as_deref().map(memory_limit).transpose()?;
+    if let Some(dir) = &args.work_dir {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            ExecutorError::Setup(format!("cannot create the work folder {dir}: {e}"))
+        })?;
+    }
+    // Ballista logs a failed shuffle-server bind and carries on without it; check first so
+    // the executor exits saying why instead of joining a cluster it cannot serve.
+    let flight = format!("{}:{}", args.bind_host, args.port);
+    drop(std::net::TcpListener::bind(&flight).map_err(|e| {
+        ExecutorError::Setup(format!(
+            "cannot listen on {flight} for shuffle reads (--bind-host, --port): {e}"
+        ))
+    })?);
     let version = args
         .pretend_version
         .clone()

@@ -674,3 +674,90 @@ impl JobManager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_first_retry_and_is_capped() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            backoff: Duration::from_millis(500),
+        };
+        let delays: Vec<u64> = (1..=9)
+            .map(|a| policy.delay(a).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            delays,
+            [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
+        );
+    }
+
+    #[test]
+    fn only_errors_that_may_pass_are_retried() {
+        assert!(retriable(&JobsError::ExecutorLost("x".into())));
+        assert!(!retriable(&JobsError::InvalidInput("x".into())));
+    }
+
+    #[test]
+    fn a_retrieval_request_keeps_what_the_options_say() {
+        let options = RetrieveOptions {
+            requests: vec![
+                FeatureRequest::parse("transactions:1:transaction_7d_count=n").unwrap(),
+                FeatureRequest::parse("accounts:local:accountAge").unwrap(),
+            ],
+            local: BTreeMap::from([("accounts".to_string(), PathBuf::from("/specs/accounts"))]),
+            observations: "s3://bucket/obs/*.parquet".to_string(),
+            observations_format: Some(SourceKind::Csv),
+            timestamp_column: "timestamp".to_string(),
+            timestamp_format: Some("%Y-%m-%d".to_string()),
+            output: PathBuf::from("/out/train"),
+            overwrite: true,
+            rows_per_file: 1000,
+            home: None,
+        };
+        let request = RetrievalRequest::from_options(&options).unwrap();
+        let json = serde_json::to_string(&request).unwrap();
+        let back: RetrievalRequest = serde_json::from_str(&json).unwrap();
+        let again = back.options(Path::new("/store")).unwrap();
+        assert_eq!(again.requests, options.requests);
+        assert_eq!(again.local, options.local);
+        assert_eq!(again.observations, options.observations);
+        assert_eq!(again.observations_format, Some(SourceKind::Csv));
+        assert_eq!(again.timestamp_format, options.timestamp_format);
+        assert_eq!(again.output, options.output);
+        assert!(again.overwrite);
+        assert_eq!(again.home, Some(PathBuf::from("/store")));
+    }
+
+    #[test]
+    fn a_malformed_retrieval_request_is_refused() {
+        let request = RetrievalRequest {
+            features: vec!["transactions:1:n".into()],
+            local: BTreeMap::new(),
+            observations: "/obs".into(),
+            observations_format: Some("json".into()),
+            timestamp_column: "t".into(),
+            timestamp_format: None,
+            output: "/out".into(),
+            overwrite: false,
+            rows_per_file: 10,
+        };
+        let e = request
+            .options(Path::new("/store"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'json'"), "{e}");
+        let e = create_retrieval(
+            Path::new("/nonexistent-store"),
+            &RetrievalRequest {
+                features: vec![],
+                ..request
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("at least one feature"), "{e}");
+    }
+}

@@ -381,3 +381,35 @@ impl ExecutorLossFence for LossFence {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(agent: Option<&str>) -> Result<Request<()>, Status> {
+        let mut request = Request::new(());
+        if let Some(agent) = agent {
+            request
+                .metadata_mut()
+                .insert("user-agent", agent.parse().unwrap());
+        }
+        check_executor_version(request, "1.2.3")
+    }
+
+    #[test]
+    fn executors_of_another_version_are_refused_and_clients_pass() {
+        assert!(call(Some("almanac-executor/1.2.3 tonic/0.14.9")).is_ok());
+        let refused = call(Some("almanac-executor/1.2.4 tonic/0.14.9")).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            refused
+                .message()
+                .contains("runs Almanac 1.2.3, the executor Almanac 1.2.4"),
+            "{}",
+            refused.message()
+        );
+        // This process's own Ballista client.
+        assert!(call(Some("tonic/0.14.9")).is_ok());
+        assert!(call(None).is_ok());
+    }
+}

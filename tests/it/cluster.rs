@@ -179,7 +179,10 @@ impl Cluster {
             "--memory-limit".into(),
             "512MiB".into(),
         ];
-        std::fs::create_dir_all(self.dir.join(format!("executor-{n}"))).unwrap();
+        if extra.contains(&"--port") {
+            let at = args.iter().position(|a| a == "--port").unwrap();
+            args.drain(at..at + 2);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = self.dir.join(format!("executor-{n}.log"));
         self.executors.push(Service::spawn(
@@ -885,6 +888,17 @@ fn bad_cluster_input_fails_clearly_and_changes_nothing() {
         "{log}"
     );
     assert!(cluster.status().executors.is_empty());
+
+    // An executor that cannot listen for shuffle reads says so and exits.
+    let busy = cluster.api_port.to_string();
+    let blocked = cluster.add_executor(1, &["--port", &busy]);
+    let exited = cluster.executors[blocked].wait_exit(Duration::from_secs(30));
+    assert!(exited.is_some_and(|s| !s.success()), "{exited:?}");
+    let log = cluster.executors[blocked].log();
+    assert!(
+        log.contains(&format!("cannot listen on 127.0.0.1:{busy}")),
+        "{log}"
+    );
 
     // A scheduler that does not answer: said so within seconds.
     let t = Instant::now();

@@ -23,12 +23,17 @@ const EXECUTOR: &str = env!("CARGO_BIN_EXE_it-almanac-executor");
 /// Logs of the services: Almanac's, and Ballista's executor noting each task it receives.
 const LOG_FILTER: &str = "warn,almanac=info,ballista_executor::execution_loop=info";
 
+/// A free loopback port below the ephemeral range (32768 and up on Linux): a port the OS
+/// hands out itself can be taken by an outgoing connection before the service binds it.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::Rng;
+    let mut rng = rand::rng();
+    loop {
+        let port = rng.random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A service process; killed when dropped.

@@ -698,6 +698,21 @@ fn backfill_status_and_jobs_through_the_cli() {
         "{show}"
     );
     assert!(ok(&almanac(&["job", "list"], root)).contains(&job));
+    // Watching an ended job prints it at once; cancelling one changes nothing.
+    let watched = ok(&almanac(&["job", "watch", &job], root));
+    assert!(
+        watched.contains(&job) && watched.contains("succeeded"),
+        "{watched}"
+    );
+    let cancelled = ok(&almanac(&["job", "cancel", &job], root));
+    assert!(cancelled.contains("succeeded"), "{cancelled}");
+    let err = failed(&almanac(&["cluster", "status"], root));
+    assert!(err.contains("there is no cluster"), "{err}");
+    let err = failed(&almanac(
+        &["--scheduler", "127.0.0.1:1", "entity", "list"],
+        root,
+    ));
+    assert!(err.contains("only jobs"), "{err}");
     let again = ok(&almanac(
         &[
             "backfill",

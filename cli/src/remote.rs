@@ -55,18 +55,6 @@ pub(crate) async fn run(
     Ok(None)
 }
 
-/// The error and its causes on one line: tonic's transport errors say little on their own.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 async fn connect(url: &str) -> Result<JobServiceClient<Channel>, CliError> {
     let full = if url.contains("://") {
         url.to_string()
@@ -93,7 +81,7 @@ async fn connect(url: &str) -> Result<JobServiceClient<Channel>, CliError> {
             CliError::Remote(format!(
                 "the scheduler at {full} does not answer ({}); is `almanac-scheduler` running \
                  there, with --bind at that address?",
-                chain(&e)
+                almanac_proto::error_chain(&e)
             ))
         })?;
     Ok(JobServiceClient::new(channel))

@@ -228,7 +228,7 @@ async fn register(
         let attempt = async {
             let mut client = ExecutorServiceClient::connect(url.clone())
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| almanac_proto::error_chain(&e))?;
             client
                 .register(RegisterExecutorRequest {
                     version: version.to_string(),

@@ -18,6 +18,19 @@ pub fn executor_user_agent(version: &str) -> String {
 
 pub const EXECUTOR_AGENT_PREFIX: &str = "almanac-executor/";
 
+/// An error with its causes on one line: tonic's transport errors ("transport error") say
+/// little on their own.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 use almanac_jobs::manager::RetrievalRequest;
 use almanac_jobs::registry::{JobInfo, RETRIEVAL};
 use almanac_jobs::source::TimeRange;

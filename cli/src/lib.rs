@@ -7,6 +7,7 @@ mod error;
 mod quickstart;
 mod remote;
 mod store;
+mod view;
 
 use std::io::Write;
 use std::path::PathBuf;

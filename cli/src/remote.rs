@@ -1,7 +1,7 @@
 //! `--scheduler`: the CLI as a client of a scheduler's job API.
 //!
 //! Jobs (backfill, retrieval) are submitted to the cluster and followed with a progress bar;
-//! `job` and `cluster` commands ask the scheduler. Commands that only read or write local
+//! `job` and `cluster` commands, and the registry's read commands, ask the scheduler. Commands that only read or write local
 //! files run in this process as without a scheduler. Jobs are shown the same way in both
 //! modes ([`print_job_line`], [`print_job`], [`Progress`]).
 
@@ -16,7 +16,12 @@ use almanac_proto::v1::job_service_client::JobServiceClient;
 use almanac_proto::v1::{self as api};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{BackfillArgs, CliError, ClusterCommand, Command, JobCommand, RetrieveArgs};
+use almanac_proto::v1::registry_service_client::RegistryServiceClient;
+
+use crate::{
+    BackfillArgs, CliError, ClusterCommand, Command, EntityCommand, FeatureCommand,
+    FeaturesetCommand, JobCommand, ModelCommand, RetrieveArgs,
+};
 
 /// How long the CLI waits for a scheduler to answer a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -28,34 +33,105 @@ pub(crate) async fn run(
     command: Command,
     out: &mut dyn Write,
 ) -> Result<Option<Command>, CliError> {
-    let what = match &command {
-        Command::Backfill(_) | Command::Retrieve(_) | Command::Job(_) | Command::Cluster(_) => None,
-        Command::Entity(_) => Some("entity"),
-        Command::Featureset(_) => Some("featureset"),
-        Command::Feature(_) => Some("feature"),
-        Command::RetrievalSpec(_) => Some("retrieval-spec"),
-        Command::Model(_) => Some("model"),
+    let not_yet = match &command {
+        Command::Entity(EntityCommand::Create { .. }) => Some("entity create"),
+        Command::Featureset(FeaturesetCommand::Create { .. }) => Some("featureset create"),
+        Command::Featureset(FeaturesetCommand::Archive { .. }) => Some("featureset archive"),
+        Command::Featureset(FeaturesetCommand::Restore { .. }) => Some("featureset restore"),
+        Command::Featureset(FeaturesetCommand::Sample { .. }) => Some("featureset sample"),
+        Command::Model(ModelCommand::Register { .. }) => Some("model register"),
+        Command::RetrievalSpec(_) => Some("retrieval-spec create"),
+        Command::Backfill(_)
+        | Command::Retrieve(_)
+        | Command::Job(_)
+        | Command::Cluster(_)
+        | Command::Entity(_)
+        | Command::Featureset(_)
+        | Command::Feature(_)
+        | Command::Model(_) => None,
+        // Commands on local files run here either way.
         _ => return Ok(Some(command)),
     };
-    if let Some(what) = what {
+    if let Some(what) = not_yet {
         return Err(CliError::Usage(format!(
-            "`almanac {what}` reads and writes the store's registry directly; through \
-             --scheduler only jobs (backfill, retrieve, job, cluster) are available so far. Run \
-             it without --scheduler against the store's --home"
+            "`almanac {what}` changes or computes from the store's registry directly and is not \
+             part of the job API yet; run it without --scheduler against the store's --home"
         )));
     }
-    let mut client = connect(url).await?;
+    let channel = connect(url).await?;
+    let mut client = JobServiceClient::new(channel.clone());
+    let mut registry = RegistryServiceClient::new(channel);
     match command {
         Command::Backfill(args) => backfill(&mut client, &args, out).await?,
         Command::Retrieve(args) => retrieve(&mut client, &args, out).await?,
         Command::Job(c) => job(&mut client, c, out).await?,
         Command::Cluster(ClusterCommand::Status) => cluster_status(&mut client, out).await?,
-        _ => {}
+        other => read_registry(&mut registry, other, out).await?,
     }
     Ok(None)
 }
 
-async fn connect(url: &str) -> Result<JobServiceClient<Channel>, CliError> {
+/// The registry's read commands, answered by the scheduler.
+async fn read_registry(
+    client: &mut RegistryServiceClient<Channel>,
+    command: Command,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let asset = |reference: String| api::AssetRequest { reference };
+    match command {
+        Command::Entity(EntityCommand::List) => {
+            let list = client.list_entities(api::ListEntitiesRequest {}).await;
+            crate::view::entities(&list.map_err(refused)?.into_inner(), out)
+        }
+        Command::Entity(EntityCommand::Show { entity }) => {
+            let e = client.get_entity(asset(entity)).await.map_err(refused)?;
+            crate::view::entity(&e.into_inner(), out)
+        }
+        Command::Featureset(FeaturesetCommand::List) => {
+            let list = client
+                .list_feature_sets(api::ListFeatureSetsRequest {})
+                .await;
+            crate::view::feature_sets(&list.map_err(refused)?.into_inner(), out)
+        }
+        Command::Featureset(FeaturesetCommand::Show { feature_set }) => {
+            let fs = client.get_feature_set(asset(feature_set)).await;
+            crate::view::feature_set(&fs.map_err(refused)?.into_inner(), out)
+        }
+        Command::Featureset(FeaturesetCommand::Status { feature_set }) => {
+            let fs = client.get_feature_set(asset(feature_set)).await;
+            crate::view::status(&fs.map_err(refused)?.into_inner(), out)
+        }
+        Command::Featureset(FeaturesetCommand::Models { feature_set }) => {
+            let fs = client.get_feature_set(asset(feature_set)).await;
+            crate::view::models_using(&fs.map_err(refused)?.into_inner(), out)
+        }
+        Command::Feature(FeatureCommand::List {
+            featureset,
+            search,
+            tag,
+        }) => {
+            let list = client
+                .list_features(api::ListFeaturesRequest {
+                    feature_set: featureset.unwrap_or_default(),
+                    search: search.unwrap_or_default(),
+                    tags: tag,
+                })
+                .await;
+            crate::view::features(&list.map_err(refused)?.into_inner(), out)
+        }
+        Command::Model(ModelCommand::List) => {
+            let list = client.list_models(api::ListModelsRequest {}).await;
+            crate::view::models(&list.map_err(refused)?.into_inner(), out)
+        }
+        Command::Model(ModelCommand::Show { model }) => {
+            let m = client.get_model(asset(model)).await.map_err(refused)?;
+            crate::view::model(&m.into_inner(), out)
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn connect(url: &str) -> Result<Channel, CliError> {
     let full = if url.contains("://") {
         url.to_string()
     } else {
@@ -84,7 +160,7 @@ async fn connect(url: &str) -> Result<JobServiceClient<Channel>, CliError> {
                 almanac_proto::error_chain(&e)
             ))
         })?;
-    Ok(JobServiceClient::new(channel))
+    Ok(channel)
 }
 
 fn refused(status: tonic::Status) -> CliError {

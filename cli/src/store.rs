@@ -5,8 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use almanac_jobs::engine::EngineConfig;
-use almanac_jobs::registry::{Created, EntityRef, FeatureFilter, FeatureSetRef, Registry};
+use almanac_jobs::registry::{Created, FeatureSetRef, Registry};
 use almanac_jobs::spec::{EntitySpec, Stage};
+use almanac_proto::registry_view;
 
 use almanac_jobs::backfill::{
     BackfillOptions, BackfillReport, TaskOutcome, backfill as run_backfill, retry_job,
@@ -25,14 +26,6 @@ fn created(what: &str, r: &str, c: Created, home: &Path) -> String {
         Created::Unchanged => {
             format!("{what} {r} is already registered with this content; nothing changed")
         }
-    }
-}
-
-fn stage(s: Stage) -> &'static str {
-    match s {
-        Stage::Development => "Development",
-        Stage::Production => "Production",
-        Stage::Archived => "Archived",
     }
 }
 
@@ -59,41 +52,11 @@ pub(crate) fn entity(
             )?;
         }
         EntityCommand::List => {
-            let registry = Registry::open(home)?;
-            let entities = registry.entities()?;
-            if entities.is_empty() {
-                writeln!(
-                    out,
-                    "no entities registered in {}",
-                    registry.home().display()
-                )?;
-            }
-            for e in entities {
-                let columns: Vec<String> = e
-                    .index_columns
-                    .iter()
-                    .map(|c| format!("{} {}", c.name, c.data_type))
-                    .collect();
-                writeln!(
-                    out,
-                    "{}:{}  index: {}  {}",
-                    e.name,
-                    e.version,
-                    columns.join(", "),
-                    e.description.unwrap_or_default()
-                )?;
-            }
+            crate::view::entities(&registry_view::entities(&Registry::open(home)?)?, out)?;
         }
         EntityCommand::Show { entity } => {
-            let r: EntityRef = entity.parse()?;
-            let registry = Registry::open(home)?;
-            let e = registry.entity(&r)?.ok_or_else(|| {
-                CliError::Usage(format!(
-                    "unknown entity {r} in {}",
-                    registry.home().display()
-                ))
-            })?;
-            write!(out, "{}", e.to_yaml())?;
+            let e = registry_view::get_entity(&Registry::open(home)?, &entity)?;
+            crate::view::entity(&e, out)?;
         }
     }
     Ok(())
@@ -116,51 +79,11 @@ pub(crate) async fn featureset(
             )?;
         }
         FeaturesetCommand::List => {
-            let registry = Registry::open(home)?;
-            let sets = registry.feature_sets()?;
-            if sets.is_empty() {
-                writeln!(
-                    out,
-                    "no feature sets registered in {}",
-                    registry.home().display()
-                )?;
-            }
-            for s in sets {
-                writeln!(
-                    out,
-                    "{}  {}  {} features  offline materialization {}  {}",
-                    s.reference,
-                    stage(s.stage),
-                    s.features,
-                    if s.offline_enabled { "on" } else { "off" },
-                    s.description.unwrap_or_default()
-                )?;
-            }
+            crate::view::feature_sets(&registry_view::feature_sets(&Registry::open(home)?)?, out)?;
         }
         FeaturesetCommand::Show { feature_set } => {
-            let r: FeatureSetRef = feature_set.parse()?;
-            let registry = Registry::open(home)?;
-            let fs = registry.require_feature_set(&r)?;
-            writeln!(out, "feature set {r}")?;
-            writeln!(out, "stage: {}", stage(fs.stage))?;
-            writeln!(out, "registered: {}", fs.created_at)?;
-            writeln!(
-                out,
-                "offline materialization: {}",
-                if fs.offline_enabled { "on" } else { "off" }
-            )?;
-            writeln!(out, "entities: {}", fs.asset.entities.join(", "))?;
-            writeln!(out, "spec: {}", fs.spec.file.display())?;
-            writeln!(out, "features:")?;
-            for f in &fs.spec.spec.features {
-                writeln!(
-                    out,
-                    "  {} {}  {}",
-                    f.name,
-                    f.data_type,
-                    f.description.clone().unwrap_or_default()
-                )?;
-            }
+            let fs = registry_view::get_feature_set(&Registry::open(home)?, &feature_set)?;
+            crate::view::feature_set(&fs, out)?;
         }
         FeaturesetCommand::Sample {
             feature_set,
@@ -205,41 +128,12 @@ pub(crate) async fn featureset(
             writeln!(out, "feature set {r} is now Archived")?;
         }
         FeaturesetCommand::Status { feature_set } => {
-            let r: FeatureSetRef = feature_set.parse()?;
-            let registry = Registry::open(home)?;
-            let fs = registry.require_feature_set(&r)?;
-            writeln!(
-                out,
-                "feature set {r} ({}, offline materialization {})",
-                stage(fs.stage),
-                if fs.offline_enabled { "on" } else { "off" }
-            )?;
-            let timeline = registry.timeline(&r)?;
-            if timeline.intervals().is_empty() {
-                writeln!(out, "data intervals: nothing materialized (all None)")?;
-            } else {
-                writeln!(out, "data intervals (time not listed is None):")?;
-                for i in timeline.intervals() {
-                    writeln!(out, "  {i}")?;
-                }
-            }
-            let jobs = registry.jobs(Some(&r), 5)?;
-            if !jobs.is_empty() {
-                writeln!(out, "recent jobs:")?;
-                for j in &jobs {
-                    crate::remote::print_job_line(&almanac_proto::job_message(j), out)?;
-                }
-            }
+            let fs = registry_view::get_feature_set(&Registry::open(home)?, &feature_set)?;
+            crate::view::status(&fs, out)?;
         }
         FeaturesetCommand::Models { feature_set } => {
-            let r: FeatureSetRef = feature_set.parse()?;
-            let models = Registry::open(home)?.models_using(&r)?;
-            if models.is_empty() {
-                writeln!(out, "no registered model uses {r}")?;
-            }
-            for m in models {
-                writeln!(out, "{m}")?;
-            }
+            let fs = registry_view::get_feature_set(&Registry::open(home)?, &feature_set)?;
+            crate::view::models_using(&fs, out)?;
         }
         FeaturesetCommand::Restore { feature_set } => {
             let r: FeatureSetRef = feature_set.parse()?;
@@ -260,32 +154,13 @@ pub(crate) fn feature(
         search,
         tag,
     } = command;
-    let tags = tag
-        .iter()
-        .map(|t| match t.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => Err(CliError::Usage(format!("--tag '{t}' is not key=value"))),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let filter = FeatureFilter {
-        feature_set: featureset.map(|f| f.parse()).transpose()?,
-        search,
-        tags,
-    };
-    let registry = Registry::open(home)?;
-    let features = registry.features(&filter)?;
-    for f in &features {
-        writeln!(
-            out,
-            "{}:{}  {}  {}",
-            f.feature_set,
-            f.name,
-            f.data_type,
-            f.description.clone().unwrap_or_default()
-        )?;
-    }
-    writeln!(out, "{} feature(s)", features.len())?;
-    Ok(())
+    let list = registry_view::features(
+        &Registry::open(home)?,
+        featureset.as_deref(),
+        search.as_deref(),
+        &tag,
+    )?;
+    crate::view::features(&list, out)
 }
 
 pub(crate) async fn job(
@@ -609,38 +484,13 @@ pub(crate) fn model(
             }
         }
         crate::ModelCommand::List => {
-            let registry = Registry::open(home)?;
-            let models = registry.models()?;
-            if models.is_empty() {
-                writeln!(out, "no models registered in {}", registry.home().display())?;
-            }
-            for m in models {
-                let sets: Vec<String> = m.feature_sets.iter().map(|f| f.to_string()).collect();
-                writeln!(
-                    out,
-                    "{}  uses {}  registered {}",
-                    m.reference,
-                    sets.join(", "),
-                    m.created_at
-                )?;
-            }
+            crate::view::models(&registry_view::models(&Registry::open(home)?)?, out)?;
         }
         crate::ModelCommand::Show { model } => {
-            let r: ModelRef = model.parse()?;
-            let registry = Registry::open(home)?;
-            let m = registry.model(&r)?.ok_or_else(|| {
-                CliError::Usage(format!(
-                    "unknown model {r} in {}",
-                    registry.home().display()
-                ))
-            })?;
-            writeln!(out, "model {r}")?;
-            writeln!(out, "registered: {}", m.created_at)?;
-            writeln!(out, "files: {}", m.dir.display())?;
-            writeln!(out, "feature sets:")?;
-            for f in &m.feature_sets {
-                writeln!(out, "  {f}")?;
-            }
+            crate::view::model(
+                &registry_view::get_model(&Registry::open(home)?, &model)?,
+                out,
+            )?;
         }
     }
     Ok(())

@@ -4,6 +4,8 @@
 
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
+pub mod registry_view;
+
 pub mod v1 {
     tonic::include_proto!("almanac.v1");
 }

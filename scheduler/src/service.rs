@@ -10,8 +10,9 @@ use almanac_jobs::materialize::DataStatus;
 use almanac_jobs::registry::{FeatureSetRef, JobId, Registry, RunState};
 use almanac_jobs::source::TimeRange;
 use almanac_proto::v1::job_service_server::{JobService, JobServiceServer};
+use almanac_proto::v1::registry_service_server::{RegistryService, RegistryServiceServer};
 use almanac_proto::v1::{self as api};
-use almanac_proto::{job_message, window};
+use almanac_proto::{job_message, registry_view, window};
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
@@ -250,6 +251,84 @@ impl JobService for Api {
     }
 }
 
+/// Reading the registry, for `almanac --scheduler entity|featureset|feature|model`.
+pub struct RegistryApi(pub Arc<ServiceState>);
+
+impl RegistryApi {
+    fn registry(&self) -> std::result::Result<Registry, Status> {
+        self.0.registry()
+    }
+}
+
+#[tonic::async_trait]
+impl RegistryService for RegistryApi {
+    async fn list_entities(
+        &self,
+        _request: Request<api::ListEntitiesRequest>,
+    ) -> std::result::Result<Response<api::EntityList>, Status> {
+        let list = registry_view::entities(&self.registry()?).map_err(jobs_status)?;
+        Ok(Response::new(list))
+    }
+
+    async fn get_entity(
+        &self,
+        request: Request<api::AssetRequest>,
+    ) -> std::result::Result<Response<api::Entity>, Status> {
+        let r = request.into_inner().reference;
+        let e = registry_view::get_entity(&self.registry()?, &r).map_err(jobs_status)?;
+        Ok(Response::new(e))
+    }
+
+    async fn list_feature_sets(
+        &self,
+        _request: Request<api::ListFeatureSetsRequest>,
+    ) -> std::result::Result<Response<api::FeatureSetList>, Status> {
+        let list = registry_view::feature_sets(&self.registry()?).map_err(jobs_status)?;
+        Ok(Response::new(list))
+    }
+
+    async fn get_feature_set(
+        &self,
+        request: Request<api::AssetRequest>,
+    ) -> std::result::Result<Response<api::FeatureSet>, Status> {
+        let r = request.into_inner().reference;
+        let fs = registry_view::get_feature_set(&self.registry()?, &r).map_err(jobs_status)?;
+        Ok(Response::new(fs))
+    }
+
+    async fn list_features(
+        &self,
+        request: Request<api::ListFeaturesRequest>,
+    ) -> std::result::Result<Response<api::FeatureList>, Status> {
+        let r = request.into_inner();
+        let list = registry_view::features(
+            &self.registry()?,
+            Some(&r.feature_set),
+            Some(&r.search),
+            &r.tags,
+        )
+        .map_err(jobs_status)?;
+        Ok(Response::new(list))
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<api::ListModelsRequest>,
+    ) -> std::result::Result<Response<api::ModelList>, Status> {
+        let list = registry_view::models(&self.registry()?).map_err(jobs_status)?;
+        Ok(Response::new(list))
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<api::AssetRequest>,
+    ) -> std::result::Result<Response<api::Model>, Status> {
+        let r = request.into_inner().reference;
+        let m = registry_view::get_model(&self.registry()?, &r).map_err(jobs_status)?;
+        Ok(Response::new(m))
+    }
+}
+
 /// Serves the job API on `listener` until `shutdown` resolves.
 pub async fn serve(
     state: Arc<ServiceState>,
@@ -258,7 +337,8 @@ pub async fn serve(
 ) -> Result<()> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
-        .add_service(JobServiceServer::new(Api(state)))
+        .add_service(JobServiceServer::new(Api(Arc::clone(&state))))
+        .add_service(RegistryServiceServer::new(RegistryApi(state)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| SchedulerError::Serve {

@@ -915,3 +915,69 @@ fn bad_cluster_input_fails_clearly_and_changes_nothing() {
     let err = failed(&cluster.cli(&["cluster", "status"]));
     assert!(err.contains("does not answer"), "{err}");
 }
+
+#[test]
+fn registry_reads_through_the_scheduler_show_what_the_store_shows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let home = root.join("store");
+    example_store(root, 20, &[&home]);
+    let h = home.to_str().unwrap();
+    ok(&run_cli(&[
+        "--home",
+        h,
+        "backfill",
+        "transactions:1",
+        "--start",
+        START,
+        "--end",
+        "2023-01-03",
+    ]));
+    let cluster = Cluster::start(&root.join("cluster"), &home, &[]);
+    for command in [
+        vec!["entity", "list"],
+        vec!["entity", "show", "account:1"],
+        vec!["featureset", "list"],
+        vec!["featureset", "show", "transactions:1"],
+        vec!["featureset", "status", "transactions:1"],
+        vec!["featureset", "models", "transactions:1"],
+        vec!["feature", "list", "--featureset", "transactions:1"],
+        vec!["feature", "list", "--search", "7d", "--tag", "team=fraud"],
+        vec!["model", "list"],
+    ] {
+        let mut embedded = vec!["--home", h];
+        embedded.extend(&command);
+        let want = ok(&run_cli(&embedded));
+        let got = ok(&cluster.cli(&command));
+        assert_eq!(got, want, "almanac {}", command.join(" "));
+        assert!(!got.is_empty());
+    }
+    let status = ok(&cluster.cli(&["featureset", "status", "transactions:1"]));
+    assert!(
+        status.contains("[2023-01-01T00:00:00Z, 2023-01-03T00:00:00Z) Complete"),
+        "{status}"
+    );
+    for (command, expected) in [
+        (
+            vec!["featureset", "show", "nope:1"],
+            "unknown feature set nope:1",
+        ),
+        (vec!["entity", "show", "nope:1"], "unknown entity nope:1"),
+        (vec!["model", "show", "nope:1"], "unknown model nope:1"),
+        (
+            vec!["feature", "list", "--tag", "team"],
+            "'team' is not key=value",
+        ),
+        (
+            vec!["featureset", "archive", "transactions:1"],
+            "not part of the job API yet",
+        ),
+    ] {
+        let err = failed(&cluster.cli(&command));
+        assert!(
+            err.contains(expected),
+            "almanac {}: {err}",
+            command.join(" ")
+        );
+    }
+}

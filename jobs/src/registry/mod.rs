@@ -87,11 +87,7 @@ fn db_error(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> JobsE
 }
 
 fn stage_name(stage: Stage) -> &'static str {
-    Stage::ALL
-        .iter()
-        .find(|(_, s)| *s == stage)
-        .map(|(n, _)| *n)
-        .unwrap_or("Development")
+    stage.name()
 }
 
 fn parse_stage(text: &str) -> Stage {

@@ -20,6 +20,15 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// The stage as written in asset files.
+    pub fn name(self) -> &'static str {
+        Stage::ALL
+            .iter()
+            .find(|(_, s)| *s == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("Development")
+    }
+
     pub const ALL: [(&'static str, Stage); 3] = [
         ("Development", Stage::Development),
         ("Production", Stage::Production),

@@ -1,0 +1,180 @@
+//! The registry as the API shows it. The scheduler answers `RegistryService` with these
+//! messages and the embedded CLI prints the same ones, so both modes show the same thing.
+
+use almanac_jobs::registry::{
+    EntityRef, FeatureFilter, FeatureInfo, FeatureSetRef, ModelInfo, ModelRef, Registry,
+};
+use almanac_jobs::{JobsError, Result};
+
+use crate::{job_message, v1};
+
+/// How many recent jobs a feature set shows.
+const RECENT_JOBS: usize = 5;
+
+fn home(registry: &Registry) -> String {
+    registry.home().display().to_string()
+}
+
+fn entity(e: almanac_jobs::spec::EntitySpec) -> v1::Entity {
+    v1::Entity {
+        yaml: e.to_yaml(),
+        index_columns: e
+            .index_columns
+            .iter()
+            .map(|c| v1::Column {
+                name: c.name.clone(),
+                r#type: c.data_type.to_string(),
+            })
+            .collect(),
+        name: e.name,
+        version: e.version,
+        description: e.description,
+    }
+}
+
+pub fn entities(registry: &Registry) -> Result<v1::EntityList> {
+    Ok(v1::EntityList {
+        entities: registry.entities()?.into_iter().map(entity).collect(),
+        home: home(registry),
+    })
+}
+
+pub fn get_entity(registry: &Registry, reference: &str) -> Result<v1::Entity> {
+    let r: EntityRef = reference.parse()?;
+    let e = registry.entity(&r)?.ok_or_else(|| {
+        JobsError::InvalidInput(format!(
+            "unknown entity {r} in {}",
+            registry.home().display()
+        ))
+    })?;
+    Ok(entity(e))
+}
+
+pub fn feature_sets(registry: &Registry) -> Result<v1::FeatureSetList> {
+    Ok(v1::FeatureSetList {
+        feature_sets: registry
+            .feature_sets()?
+            .into_iter()
+            .map(|s| v1::FeatureSetSummary {
+                reference: s.reference.to_string(),
+                stage: s.stage.name().to_string(),
+                features: s.features as u32,
+                offline_enabled: s.offline_enabled,
+                description: s.description,
+                created_at: s.created_at,
+            })
+            .collect(),
+        home: home(registry),
+    })
+}
+
+fn feature(f: FeatureInfo) -> v1::Feature {
+    v1::Feature {
+        feature_set: f.feature_set.to_string(),
+        name: f.name,
+        r#type: f.data_type,
+        description: f.description,
+    }
+}
+
+pub fn get_feature_set(registry: &Registry, reference: &str) -> Result<v1::FeatureSet> {
+    let r: FeatureSetRef = reference.parse()?;
+    let fs = registry.require_feature_set(&r)?;
+    let features = registry
+        .features(&FeatureFilter {
+            feature_set: Some(r.clone()),
+            ..FeatureFilter::default()
+        })?
+        .into_iter()
+        .map(feature)
+        .collect();
+    Ok(v1::FeatureSet {
+        reference: r.to_string(),
+        stage: fs.stage.name().to_string(),
+        created_at: fs.created_at.clone(),
+        offline_enabled: fs.offline_enabled,
+        entities: fs.asset.entities.clone(),
+        spec: fs.spec.file.display().to_string(),
+        features,
+        intervals: registry
+            .timeline(&r)?
+            .intervals()
+            .iter()
+            .map(|i| v1::DataInterval {
+                start_us: i.start,
+                end_us: i.end,
+                status: i.status.name().to_string(),
+            })
+            .collect(),
+        recent_jobs: registry
+            .jobs(Some(&r), RECENT_JOBS)?
+            .iter()
+            .map(job_message)
+            .collect(),
+        models: registry
+            .models_using(&r)?
+            .iter()
+            .map(|m| m.to_string())
+            .collect(),
+    })
+}
+
+/// `tags` are `key=value`.
+pub fn features(
+    registry: &Registry,
+    feature_set: Option<&str>,
+    search: Option<&str>,
+    tags: &[String],
+) -> Result<v1::FeatureList> {
+    let tags = tags
+        .iter()
+        .map(|t| match t.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(JobsError::InvalidInput(format!(
+                "tag '{t}' is not key=value"
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let filter = FeatureFilter {
+        feature_set: feature_set
+            .filter(|f| !f.is_empty())
+            .map(|f| f.parse())
+            .transpose()?,
+        search: search.filter(|s| !s.is_empty()).map(str::to_string),
+        tags,
+    };
+    Ok(v1::FeatureList {
+        features: registry
+            .features(&filter)?
+            .into_iter()
+            .map(feature)
+            .collect(),
+    })
+}
+
+fn model(m: ModelInfo) -> v1::Model {
+    v1::Model {
+        reference: m.reference.to_string(),
+        feature_sets: m.feature_sets.iter().map(|f| f.to_string()).collect(),
+        created_at: m.created_at,
+        files: m.dir.display().to_string(),
+    }
+}
+
+pub fn models(registry: &Registry) -> Result<v1::ModelList> {
+    Ok(v1::ModelList {
+        models: registry.models()?.into_iter().map(model).collect(),
+        home: home(registry),
+    })
+}
+
+pub fn get_model(registry: &Registry, reference: &str) -> Result<v1::Model> {
+    let r: ModelRef = reference.parse()?;
+    let m = registry.model(&r)?.ok_or_else(|| {
+        JobsError::InvalidInput(format!(
+            "unknown model {r} in {}",
+            registry.home().display()
+        ))
+    })?;
+    Ok(model(m))
+}

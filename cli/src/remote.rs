@@ -34,12 +34,7 @@ pub(crate) async fn run(
     out: &mut dyn Write,
 ) -> Result<Option<Command>, CliError> {
     let not_yet = match &command {
-        Command::Entity(EntityCommand::Create { .. }) => Some("entity create"),
-        Command::Featureset(FeaturesetCommand::Create { .. }) => Some("featureset create"),
-        Command::Featureset(FeaturesetCommand::Archive { .. }) => Some("featureset archive"),
-        Command::Featureset(FeaturesetCommand::Restore { .. }) => Some("featureset restore"),
         Command::Featureset(FeaturesetCommand::Sample { .. }) => Some("featureset sample"),
-        Command::Model(ModelCommand::Register { .. }) => Some("model register"),
         Command::RetrievalSpec(_) => Some("retrieval-spec create"),
         Command::Backfill(_)
         | Command::Retrieve(_)
@@ -71,7 +66,32 @@ pub(crate) async fn run(
     Ok(None)
 }
 
-/// The registry's read commands, answered by the scheduler.
+/// A local path made absolute: the scheduler reads it (a shared file system, or this machine).
+fn path(p: &std::path::Path) -> Result<api::PathRequest, CliError> {
+    let absolute = std::path::absolute(p)
+        .map_err(|e| CliError::Usage(format!("cannot resolve {}: {e}", p.display())))?;
+    Ok(api::PathRequest {
+        path: absolute.display().to_string(),
+    })
+}
+
+async fn stage(
+    client: &mut RegistryServiceClient<Channel>,
+    reference: String,
+    stage: &str,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let changed = client
+        .set_feature_set_stage(api::SetStageRequest {
+            reference,
+            stage: stage.to_string(),
+        })
+        .await
+        .map_err(refused)?;
+    crate::view::stage_changed(&changed.into_inner(), out)
+}
+
+/// The registry's commands, answered by the scheduler.
 async fn read_registry(
     client: &mut RegistryServiceClient<Channel>,
     command: Command,
@@ -126,6 +146,38 @@ async fn read_registry(
         Command::Model(ModelCommand::Show { model }) => {
             let m = client.get_model(asset(model)).await.map_err(refused)?;
             crate::view::model(&m.into_inner(), out)
+        }
+        Command::Entity(EntityCommand::Create { file }) => {
+            let c = client.create_entity(path(&file)?).await.map_err(refused)?;
+            crate::view::created(&c.into_inner(), out)
+        }
+        Command::Featureset(FeaturesetCommand::Create { file }) => {
+            let c = client
+                .create_feature_set(path(&file)?)
+                .await
+                .map_err(refused)?;
+            crate::view::created(&c.into_inner(), out)
+        }
+        Command::Model(ModelCommand::Register {
+            name,
+            version,
+            path: folder,
+        }) => {
+            let c = client
+                .register_model(api::RegisterModelRequest {
+                    name,
+                    version,
+                    path: path(&folder)?.path,
+                })
+                .await
+                .map_err(refused)?;
+            crate::view::created(&c.into_inner(), out)
+        }
+        Command::Featureset(FeaturesetCommand::Archive { feature_set }) => {
+            stage(client, feature_set, "Archived", out).await
+        }
+        Command::Featureset(FeaturesetCommand::Restore { feature_set }) => {
+            stage(client, feature_set, "Development", out).await
         }
         _ => Ok(()),
     }
@@ -268,12 +320,7 @@ async fn retrieve(
     args: &RetrieveArgs,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    if args.model.is_some() {
-        return Err(CliError::Usage(
-            "--model with --scheduler is not available yet: give --spec with the model's folder"
-                .to_string(),
-        ));
-    }
+    // The model's packaged spec is read by the scheduler, from its registry.
     let options = crate::commands::retrieve_options(args)?;
     let request = RetrievalRequest::from_options(&options)?;
     let response = client
@@ -287,6 +334,7 @@ async fn retrieve(
             output: request.output,
             overwrite: request.overwrite,
             rows_per_file: request.rows_per_file,
+            model: args.model.clone(),
         })
         .await
         .map_err(refused)?

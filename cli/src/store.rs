@@ -5,8 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use almanac_jobs::engine::EngineConfig;
-use almanac_jobs::registry::{Created, FeatureSetRef, Registry};
-use almanac_jobs::spec::{EntitySpec, Stage};
+use almanac_jobs::registry::{FeatureSetRef, Registry};
 use almanac_proto::registry_view;
 
 use almanac_jobs::backfill::{
@@ -20,15 +19,6 @@ use almanac_jobs::time::format_instant;
 
 use crate::{BackfillArgs, CliError, EntityCommand, FeatureCommand, FeaturesetCommand, JobCommand};
 
-fn created(what: &str, r: &str, c: Created, home: &Path) -> String {
-    match c {
-        Created::New => format!("registered {what} {r} in {}", home.display()),
-        Created::Unchanged => {
-            format!("{what} {r} is already registered with this content; nothing changed")
-        }
-    }
-}
-
 pub(crate) fn entity(
     home: &Path,
     command: EntityCommand,
@@ -36,20 +26,8 @@ pub(crate) fn entity(
 ) -> Result<(), CliError> {
     match command {
         EntityCommand::Create { file } => {
-            // The file is checked before the store is touched.
-            let spec = EntitySpec::load(&file)?;
-            let mut registry = Registry::open(home)?;
-            let c = registry.create_entity(&spec)?;
-            writeln!(
-                out,
-                "{}",
-                created(
-                    "entity",
-                    &format!("{}:{}", spec.name, spec.version),
-                    c,
-                    registry.home()
-                )
-            )?;
+            let c = registry_view::create_entity(&mut Registry::open(home)?, &file)?;
+            crate::view::created(&c, out)?;
         }
         EntityCommand::List => {
             crate::view::entities(&registry_view::entities(&Registry::open(home)?)?, out)?;
@@ -70,13 +48,8 @@ pub(crate) async fn featureset(
 ) -> Result<(), CliError> {
     match command {
         FeaturesetCommand::Create { file } => {
-            let mut registry = Registry::open(home)?;
-            let (r, c) = registry.create_feature_set(&file)?;
-            writeln!(
-                out,
-                "{}",
-                created("feature set", &r.to_string(), c, registry.home())
-            )?;
+            let c = registry_view::create_feature_set(&mut Registry::open(home)?, &file)?;
+            crate::view::created(&c, out)?;
         }
         FeaturesetCommand::List => {
             crate::view::feature_sets(&registry_view::feature_sets(&Registry::open(home)?)?, out)?;
@@ -123,9 +96,9 @@ pub(crate) async fn featureset(
             .await?;
         }
         FeaturesetCommand::Archive { feature_set } => {
-            let r: FeatureSetRef = feature_set.parse()?;
-            Registry::open(home)?.set_stage(&r, Stage::Archived)?;
-            writeln!(out, "feature set {r} is now Archived")?;
+            let changed =
+                registry_view::set_stage(&mut Registry::open(home)?, &feature_set, "Archived")?;
+            crate::view::stage_changed(&changed, out)?;
         }
         FeaturesetCommand::Status { feature_set } => {
             let fs = registry_view::get_feature_set(&Registry::open(home)?, &feature_set)?;
@@ -136,9 +109,9 @@ pub(crate) async fn featureset(
             crate::view::models_using(&fs, out)?;
         }
         FeaturesetCommand::Restore { feature_set } => {
-            let r: FeatureSetRef = feature_set.parse()?;
-            Registry::open(home)?.set_stage(&r, Stage::Development)?;
-            writeln!(out, "feature set {r} is now Development")?;
+            let changed =
+                registry_view::set_stage(&mut Registry::open(home)?, &feature_set, "Development")?;
+            crate::view::stage_changed(&changed, out)?;
         }
     }
     Ok(())
@@ -463,25 +436,15 @@ pub(crate) fn model(
     command: crate::ModelCommand,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    use almanac_jobs::registry::ModelRef;
     match command {
         crate::ModelCommand::Register {
             name,
             version,
             path,
         } => {
-            let r = ModelRef::new(name, version);
-            let mut registry = Registry::open(home)?;
-            let c = registry.register_model(&r, &path)?;
-            writeln!(
-                out,
-                "{}",
-                created("model", &r.to_string(), c, registry.home())
-            )?;
-            if let Some(m) = registry.model(&r)? {
-                let sets: Vec<String> = m.feature_sets.iter().map(|f| f.to_string()).collect();
-                writeln!(out, "uses feature sets: {}", sets.join(", "))?;
-            }
+            let c =
+                registry_view::register_model(&mut Registry::open(home)?, &name, &version, &path)?;
+            crate::view::created(&c, out)?;
         }
         crate::ModelCommand::List => {
             crate::view::models(&registry_view::models(&Registry::open(home)?)?, out)?;

@@ -166,3 +166,25 @@ pub(crate) fn model(m: &v1::Model, out: &mut dyn Write) -> Result<(), CliError> 
     }
     Ok(())
 }
+
+/// What a registration did; a model also lists the feature sets it uses.
+pub(crate) fn created(c: &v1::Created, out: &mut dyn Write) -> Result<(), CliError> {
+    if c.new {
+        writeln!(out, "registered {} {} in {}", c.kind, c.reference, c.home)?;
+    } else {
+        writeln!(
+            out,
+            "{} {} is already registered with this content; nothing changed",
+            c.kind, c.reference
+        )?;
+    }
+    if !c.feature_sets.is_empty() {
+        writeln!(out, "uses feature sets: {}", c.feature_sets.join(", "))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn stage_changed(s: &v1::StageChanged, out: &mut dyn Write) -> Result<(), CliError> {
+    writeln!(out, "feature set {} is now {}", s.reference, s.stage)?;
+    Ok(())
+}

@@ -141,14 +141,7 @@ impl RetrievalRequest {
             absolute(Path::new(&options.observations))?
         };
         Ok(RetrievalRequest {
-            features: options
-                .requests
-                .iter()
-                .map(|r| match &r.output_name {
-                    Some(name) => format!("{r}={name}"),
-                    None => r.to_string(),
-                })
-                .collect(),
+            features: options.requests.iter().map(request_text).collect(),
             local: options
                 .local
                 .iter()
@@ -211,6 +204,40 @@ impl RetrievalRequest {
             home: Some(home.to_path_buf()),
         })
     }
+}
+
+/// A requested feature as written on the command line: `set:version:feature[=name]`.
+pub fn request_text(r: &FeatureRequest) -> String {
+    match &r.output_name {
+        Some(name) => format!("{r}={name}"),
+        None => r.to_string(),
+    }
+}
+
+/// Puts the features of the retrieval spec packaged with registered model `model` first in
+/// `request` (batch inference with what the model was trained on).
+pub fn add_model_features(home: &Path, model: &str, request: &mut RetrievalRequest) -> Result<()> {
+    let r: crate::registry::ModelRef = model.parse()?;
+    let registry = Registry::open(home)?;
+    let info = registry.model(&r)?.ok_or_else(|| {
+        JobsError::InvalidInput(format!(
+            "unknown model {r} in {}",
+            registry.home().display()
+        ))
+    })?;
+    let spec = crate::spec::FeatureRetrievalSpec::load(&info.dir)?;
+    let mut local = BTreeMap::new();
+    let requests = crate::retrieve::requests_from_spec(&spec, &mut local)?;
+    let mut features: Vec<String> = requests.iter().map(request_text).collect();
+    features.append(&mut request.features);
+    request.features = features;
+    for (name, dir) in local {
+        request
+            .local
+            .entry(name)
+            .or_insert_with(|| dir.display().to_string());
+    }
+    Ok(())
 }
 
 /// Checks a retrieval and records it as a queued job. On any error nothing is recorded.

@@ -1,9 +1,12 @@
 //! The registry as the API shows it. The scheduler answers `RegistryService` with these
 //! messages and the embedded CLI prints the same ones, so both modes show the same thing.
 
+use std::path::Path;
+
 use almanac_jobs::registry::{
-    EntityRef, FeatureFilter, FeatureInfo, FeatureSetRef, ModelInfo, ModelRef, Registry,
+    Created, EntityRef, FeatureFilter, FeatureInfo, FeatureSetRef, ModelInfo, ModelRef, Registry,
 };
+use almanac_jobs::spec::{EntitySpec, Stage};
 use almanac_jobs::{JobsError, Result};
 
 use crate::{job_message, v1};
@@ -177,4 +180,69 @@ pub fn get_model(registry: &Registry, reference: &str) -> Result<v1::Model> {
         ))
     })?;
     Ok(model(m))
+}
+
+fn created(registry: &Registry, kind: &str, reference: String, c: Created) -> v1::Created {
+    v1::Created {
+        kind: kind.to_string(),
+        reference,
+        new: matches!(c, Created::New),
+        home: home(registry),
+        feature_sets: Vec::new(),
+    }
+}
+
+/// Registers the entity file at `path` (checked before the store is touched).
+pub fn create_entity(registry: &mut Registry, path: &Path) -> Result<v1::Created> {
+    let spec = EntitySpec::load(path)?;
+    let c = registry.create_entity(&spec)?;
+    Ok(created(
+        registry,
+        "entity",
+        format!("{}:{}", spec.name, spec.version),
+        c,
+    ))
+}
+
+/// Registers the feature set asset at `path` with its spec folder.
+pub fn create_feature_set(registry: &mut Registry, path: &Path) -> Result<v1::Created> {
+    let (r, c) = registry.create_feature_set(path)?;
+    Ok(created(registry, "feature set", r.to_string(), c))
+}
+
+/// Registers the model folder at `path` as `name:version`.
+pub fn register_model(
+    registry: &mut Registry,
+    name: &str,
+    version: &str,
+    path: &Path,
+) -> Result<v1::Created> {
+    let r = ModelRef::new(name, version);
+    let c = registry.register_model(&r, path)?;
+    let mut out = created(registry, "model", r.to_string(), c);
+    if let Some(m) = registry.model(&r)? {
+        out.feature_sets = m.feature_sets.iter().map(|f| f.to_string()).collect();
+    }
+    Ok(out)
+}
+
+pub fn set_stage(
+    registry: &mut Registry,
+    reference: &str,
+    stage: &str,
+) -> Result<v1::StageChanged> {
+    let r: FeatureSetRef = reference.parse()?;
+    let (name, value) = Stage::ALL
+        .iter()
+        .find(|(n, _)| *n == stage)
+        .ok_or_else(|| {
+            JobsError::InvalidInput(format!(
+                "stage '{stage}': expected Development, Production or Archived"
+            ))
+        })?;
+    registry.set_stage(&r, *value)?;
+    Ok(v1::StageChanged {
+        reference: r.to_string(),
+        stage: name.to_string(),
+    })
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use almanac_jobs::backfill::{BackfillOptions, DAY_MICROS, create_backfill};
-use almanac_jobs::manager::{JobManager, RetrievalRequest, create_retrieval};
+use almanac_jobs::manager::{JobManager, RetrievalRequest, add_model_features, create_retrieval};
 use almanac_jobs::materialize::DataStatus;
 use almanac_jobs::registry::{FeatureSetRef, JobId, Registry, RunState};
 use almanac_jobs::source::TimeRange;
@@ -108,7 +108,7 @@ impl JobService for Api {
         request: Request<api::SubmitRetrievalRequest>,
     ) -> std::result::Result<Response<api::SubmitJobResponse>, Status> {
         let r = request.into_inner();
-        let retrieval = RetrievalRequest {
+        let mut retrieval = RetrievalRequest {
             features: r.features,
             local: r.local.into_iter().collect(),
             observations: r.observations,
@@ -123,6 +123,9 @@ impl JobService for Api {
                 r.rows_per_file
             },
         };
+        if let Some(model) = r.model.as_deref().filter(|m| !m.is_empty()) {
+            add_model_features(self.manager.home(), model, &mut retrieval).map_err(jobs_status)?;
+        }
         let id = create_retrieval(self.manager.home(), &retrieval).map_err(jobs_status)?;
         self.manager.wake();
         Ok(Response::new(api::SubmitJobResponse {
@@ -326,6 +329,50 @@ impl RegistryService for RegistryApi {
         let r = request.into_inner().reference;
         let m = registry_view::get_model(&self.registry()?, &r).map_err(jobs_status)?;
         Ok(Response::new(m))
+    }
+
+    async fn create_entity(
+        &self,
+        request: Request<api::PathRequest>,
+    ) -> std::result::Result<Response<api::Created>, Status> {
+        let path = std::path::PathBuf::from(request.into_inner().path);
+        let c = registry_view::create_entity(&mut self.registry()?, &path).map_err(jobs_status)?;
+        Ok(Response::new(c))
+    }
+
+    async fn create_feature_set(
+        &self,
+        request: Request<api::PathRequest>,
+    ) -> std::result::Result<Response<api::Created>, Status> {
+        let path = std::path::PathBuf::from(request.into_inner().path);
+        let c =
+            registry_view::create_feature_set(&mut self.registry()?, &path).map_err(jobs_status)?;
+        Ok(Response::new(c))
+    }
+
+    async fn register_model(
+        &self,
+        request: Request<api::RegisterModelRequest>,
+    ) -> std::result::Result<Response<api::Created>, Status> {
+        let r = request.into_inner();
+        let c = registry_view::register_model(
+            &mut self.registry()?,
+            &r.name,
+            &r.version,
+            std::path::Path::new(&r.path),
+        )
+        .map_err(jobs_status)?;
+        Ok(Response::new(c))
+    }
+
+    async fn set_feature_set_stage(
+        &self,
+        request: Request<api::SetStageRequest>,
+    ) -> std::result::Result<Response<api::StageChanged>, Status> {
+        let r = request.into_inner();
+        let changed = registry_view::set_stage(&mut self.registry()?, &r.reference, &r.stage)
+            .map_err(jobs_status)?;
+        Ok(Response::new(changed))
     }
 }
 

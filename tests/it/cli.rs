@@ -712,14 +712,17 @@ fn backfill_status_and_jobs_through_the_cli() {
         &[
             "--scheduler",
             "127.0.0.1:1",
-            "entity",
+            "retrieval-spec",
             "create",
-            "--file",
-            entity.to_str().unwrap(),
+            "--features",
+            "transactions:1:transaction_7d_count",
+            "--out",
+            "spec-out",
         ],
         root,
     ));
     assert!(err.contains("not part of the job API yet"), "{err}");
+    assert!(!root.join("spec-out").exists());
     let again = ok(&almanac(
         &[
             "backfill",

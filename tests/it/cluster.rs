@@ -933,7 +933,7 @@ fn registry_reads_through_the_scheduler_show_what_the_store_shows() {
         "--end",
         "2023-01-03",
     ]));
-    let cluster = Cluster::start(&root.join("cluster"), &home, &[]);
+    let mut cluster = Cluster::start(&root.join("cluster"), &home, &[]);
     for command in [
         vec!["entity", "list"],
         vec!["entity", "show", "account:1"],
@@ -969,7 +969,19 @@ fn registry_reads_through_the_scheduler_show_what_the_store_shows() {
             "'team' is not key=value",
         ),
         (
-            vec!["featureset", "archive", "transactions:1"],
+            vec!["featureset", "archive", "nope:1"],
+            "unknown feature set nope:1",
+        ),
+        (
+            vec![
+                "featureset",
+                "sample",
+                "transactions:1",
+                "--start",
+                START,
+                "--end",
+                END,
+            ],
             "not part of the job API yet",
         ),
     ] {
@@ -980,4 +992,102 @@ fn registry_reads_through_the_scheduler_show_what_the_store_shows() {
             command.join(" ")
         );
     }
+
+    // Registering and archiving through the scheduler; the store sees it.
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fraud");
+    let entity = examples.join("entities/account.yaml");
+    let again = ok(&cluster.cli(&["entity", "create", "--file", entity.to_str().unwrap()]));
+    assert!(
+        again.contains("already registered with this content"),
+        "{again}"
+    );
+    let set = root.join("featuresets/accounts");
+    std::fs::create_dir_all(set.join("spec")).unwrap();
+    let from = examples.join("featuresets/accounts");
+    std::fs::copy(
+        from.join("featureset_asset.yaml"),
+        set.join("featureset_asset.yaml"),
+    )
+    .unwrap();
+    for entry in std::fs::read_dir(from.join("spec")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), set.join("spec").join(entry.file_name())).unwrap();
+    }
+    let asset = set.join("featureset_asset.yaml");
+    let created = ok(&cluster.cli(&["featureset", "create", "--file", asset.to_str().unwrap()]));
+    assert!(
+        created.contains("registered feature set accounts:1"),
+        "{created}"
+    );
+    let archived = ok(&cluster.cli(&["featureset", "archive", "accounts:1"]));
+    assert!(
+        archived.contains("accounts:1 is now Archived"),
+        "{archived}"
+    );
+    let listed = ok(&run_cli(&["--home", h, "featureset", "list"]));
+    assert!(listed.contains("accounts:1  Archived"), "{listed}");
+    ok(&cluster.cli(&["featureset", "restore", "accounts:1"]));
+
+    // A model registered through the scheduler: lineage both ways.
+    let model = root.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(
+        model.join("feature_retrieval_spec.yaml"),
+        format!(
+            "serialization_version: 2\nfeature_stores:\n- uri: file://{}\n  features:\n  - feature_set: transactions:1\n    feature_name: transaction_7d_count\n",
+            home.display()
+        ),
+    )
+    .unwrap();
+    let registered = ok(&cluster.cli(&[
+        "model",
+        "register",
+        "--name",
+        "m",
+        "--version",
+        "1",
+        "--path",
+        model.to_str().unwrap(),
+    ]));
+    assert!(
+        registered.contains("uses feature sets: transactions:1"),
+        "{registered}"
+    );
+    let lineage = ok(&cluster.cli(&["featureset", "models", "transactions:1"]));
+    assert!(lineage.contains("m:1"), "{lineage}");
+    let shown = ok(&cluster.cli(&["model", "show", "m:1"]));
+    assert!(shown.contains("  transactions:1"), "{shown}");
+
+    // Batch inference with the model's packaged features, on the cluster and embedded.
+    cluster.add_executor(2, &[]);
+    cluster.wait_active(1);
+    let observations = root.join("data/observations/batch_inference");
+    let inference = |out: &Path| {
+        vec![
+            "retrieve".to_string(),
+            "--model".into(),
+            "m:1".into(),
+            "--observations".into(),
+            observations.display().to_string(),
+            "--timestamp-column".into(),
+            "timestamp".into(),
+            "--output".into(),
+            out.display().to_string(),
+        ]
+    };
+    let args = inference(&root.join("remote-inference"));
+    ok(&cluster.cli(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let mut args = vec!["--home".to_string(), h.to_string()];
+    args.extend(inference(&root.join("local-inference")));
+    ok(&run_cli(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    let (a, b) = (
+        output_files(&root.join("remote-inference")),
+        output_files(&root.join("local-inference")),
+    );
+    assert!(
+        a.len() > 1 && a == b,
+        "inference through the scheduler differs"
+    );
 }

@@ -35,7 +35,6 @@ pub(crate) async fn run(
 ) -> Result<Option<Command>, CliError> {
     let not_yet = match &command {
         Command::Featureset(FeaturesetCommand::Sample { .. }) => Some("featureset sample"),
-        Command::RetrievalSpec(_) => Some("retrieval-spec create"),
         Command::Backfill(_)
         | Command::Retrieve(_)
         | Command::Job(_)
@@ -43,7 +42,8 @@ pub(crate) async fn run(
         | Command::Entity(_)
         | Command::Featureset(_)
         | Command::Feature(_)
-        | Command::Model(_) => None,
+        | Command::Model(_)
+        | Command::RetrievalSpec(_) => None,
         // Commands on local files run here either way.
         _ => return Ok(Some(command)),
     };
@@ -172,6 +172,18 @@ async fn read_registry(
                 .await
                 .map_err(refused)?;
             crate::view::created(&c.into_inner(), out)
+        }
+        Command::RetrievalSpec(crate::RetrievalSpecCommand::Create {
+            features,
+            out: dir,
+            force,
+        }) => {
+            let file = crate::store::retrieval_spec_target(&dir, force)?;
+            let spec = client
+                .retrieval_spec(api::RetrievalSpecRequest { features })
+                .await
+                .map_err(refused)?;
+            crate::store::write_retrieval_spec(&file, &spec.into_inner(), out)
         }
         Command::Featureset(FeaturesetCommand::Archive { feature_set }) => {
             stage(client, feature_set, "Archived", out).await

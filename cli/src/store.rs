@@ -1,7 +1,7 @@
 //! `almanac entity | featureset | feature`: the registry of the store at `--home`.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use almanac_jobs::engine::EngineConfig;
@@ -399,6 +399,34 @@ async fn sample_offline(
     Ok(())
 }
 
+/// Where `retrieval-spec create` writes, refusing to replace a file without `--force`.
+pub(crate) fn retrieval_spec_target(dir: &Path, force: bool) -> Result<PathBuf, CliError> {
+    let file = dir.join(almanac_jobs::spec::RETRIEVAL_SPEC_FILE_NAME);
+    if file.exists() && !force {
+        return Err(CliError::Usage(format!(
+            "{} already exists; pass --force to replace it",
+            file.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// Writes a retrieval spec made by the registry (here or on a scheduler).
+pub(crate) fn write_retrieval_spec(
+    file: &Path,
+    spec: &almanac_proto::v1::RetrievalSpecFile,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    almanac_jobs::spec::write_atomic(file, spec.yaml.as_bytes())?;
+    writeln!(
+        out,
+        "wrote {} ({} feature(s))",
+        file.display(),
+        spec.features
+    )?;
+    Ok(())
+}
+
 pub(crate) fn retrieval_spec(
     home: &Path,
     command: crate::RetrievalSpecCommand,
@@ -409,26 +437,9 @@ pub(crate) fn retrieval_spec(
         out: dir,
         force,
     } = command;
-    let mut requests = Vec::new();
-    for f in &features {
-        requests.extend(almanac_jobs::retrieve::parse_feature_list(f)?);
-    }
-    let file = dir.join(almanac_jobs::spec::RETRIEVAL_SPEC_FILE_NAME);
-    if file.exists() && !force {
-        return Err(CliError::Usage(format!(
-            "{} already exists; pass --force to replace it",
-            file.display()
-        )));
-    }
-    let spec = almanac_jobs::retrieve::registered_spec(&requests, home)?;
-    almanac_jobs::spec::write_atomic(&file, spec.to_yaml().as_bytes())?;
-    writeln!(
-        out,
-        "wrote {} ({} feature(s))",
-        file.display(),
-        requests.len()
-    )?;
-    Ok(())
+    let file = retrieval_spec_target(&dir, force)?;
+    let spec = registry_view::retrieval_spec(&Registry::open(home)?, &features)?;
+    write_retrieval_spec(&file, &spec, out)
 }
 
 pub(crate) fn model(

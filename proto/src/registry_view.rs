@@ -246,3 +246,16 @@ pub fn set_stage(
         stage: name.to_string(),
     })
 }
+
+/// A retrieval spec for registered features (`set:version:feature[=name]`, comma lists too).
+pub fn retrieval_spec(registry: &Registry, features: &[String]) -> Result<v1::RetrievalSpecFile> {
+    let mut requests = Vec::new();
+    for f in features {
+        requests.extend(almanac_jobs::retrieve::parse_feature_list(f)?);
+    }
+    let spec = almanac_jobs::retrieve::registered_spec(&requests, registry.home())?;
+    Ok(v1::RetrievalSpecFile {
+        yaml: spec.to_yaml(),
+        features: requests.len() as u32,
+    })
+}

@@ -365,6 +365,16 @@ impl RegistryService for RegistryApi {
         Ok(Response::new(c))
     }
 
+    async fn retrieval_spec(
+        &self,
+        request: Request<api::RetrievalSpecRequest>,
+    ) -> std::result::Result<Response<api::RetrievalSpecFile>, Status> {
+        let features = request.into_inner().features;
+        let file =
+            registry_view::retrieval_spec(&self.registry()?, &features).map_err(jobs_status)?;
+        Ok(Response::new(file))
+    }
+
     async fn set_feature_set_stage(
         &self,
         request: Request<api::SetStageRequest>,

@@ -712,17 +712,17 @@ fn backfill_status_and_jobs_through_the_cli() {
         &[
             "--scheduler",
             "127.0.0.1:1",
-            "retrieval-spec",
-            "create",
-            "--features",
-            "transactions:1:transaction_7d_count",
-            "--out",
-            "spec-out",
+            "featureset",
+            "sample",
+            "transactions:1",
+            "--start",
+            "2023-01-08",
+            "--end",
+            "2023-01-09",
         ],
         root,
     ));
     assert!(err.contains("not part of the job API yet"), "{err}");
-    assert!(!root.join("spec-out").exists());
     let again = ok(&almanac(
         &[
             "backfill",

@@ -1058,6 +1058,32 @@ fn registry_reads_through_the_scheduler_show_what_the_store_shows() {
     let shown = ok(&cluster.cli(&["model", "show", "m:1"]));
     assert!(shown.contains("  transactions:1"), "{shown}");
 
+    // A retrieval spec made by the scheduler's registry, written here: as embedded.
+    let spec_args = |dir: &Path| {
+        vec![
+            "retrieval-spec".to_string(),
+            "create".into(),
+            "--features".into(),
+            "transactions:1:transaction_7d_count=n7,transactions:1:transaction_3d_count".into(),
+            "--out".into(),
+            dir.display().to_string(),
+        ]
+    };
+    let args = spec_args(&root.join("remote-spec"));
+    ok(&cluster.cli(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let mut args = vec!["--home".to_string(), h.to_string()];
+    args.extend(spec_args(&root.join("local-spec")));
+    ok(&run_cli(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert_eq!(
+        std::fs::read_to_string(root.join("remote-spec/feature_retrieval_spec.yaml")).unwrap(),
+        std::fs::read_to_string(root.join("local-spec/feature_retrieval_spec.yaml")).unwrap()
+    );
+    let args = spec_args(&root.join("remote-spec"));
+    let err = failed(&cluster.cli(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    assert!(err.contains("pass --force"), "{err}");
+
     // Batch inference with the model's packaged features, on the cluster and embedded.
     cluster.add_executor(2, &[]);
     cluster.wait_active(1);

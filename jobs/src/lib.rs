@@ -24,6 +24,7 @@ pub mod planner;
 pub mod registry;
 pub mod retrieve;
 pub mod sample_data;
+pub mod schedule;
 pub mod source;
 pub mod spec;
 pub mod storage;

@@ -111,6 +111,21 @@ fn registered_versions_are_immutable_and_checked_against_their_entities() {
         "{error}"
     );
     assert!(!home.join("featuresets/transactions").exists());
+    // A schedule in an unknown time zone could never trigger: refused at registration.
+    let zoned = root.join("featuresets/transactions/zoned_asset.yaml");
+    std::fs::write(
+        &zoned,
+        std::fs::read_to_string(&tx_asset)
+            .unwrap()
+            .replace("time_zone: UTC", "time_zone: Mars/Olympus"),
+    )
+    .unwrap();
+    let error = registry.create_feature_set(&zoned).unwrap_err().to_string();
+    assert!(
+        error.contains("materialization_settings.schedule: unknown time zone 'Mars/Olympus'"),
+        "{error}"
+    );
+    assert!(!home.join("featuresets/transactions").exists());
 
     let (r, c) = registry.create_feature_set(&tx_asset).unwrap();
     assert_eq!(

@@ -305,6 +305,20 @@ impl Registry {
     pub fn create_feature_set(&mut self, asset_file: &Path) -> Result<(FeatureSetRef, Created)> {
         let asset = FeatureSetAsset::load(asset_file)?;
         let r = FeatureSetRef::new(&asset.name, &asset.version);
+        if let Some(schedule) = asset
+            .materialization_settings
+            .as_ref()
+            .and_then(|m| m.schedule.as_ref())
+        {
+            // A schedule that could never trigger is refused now, not at its first trigger.
+            crate::schedule::Schedule::from_recurrence(
+                schedule,
+                &format!(
+                    "{}: materialization_settings.schedule",
+                    asset_file.display()
+                ),
+            )?;
+        }
         let base = asset_file.parent().unwrap_or(Path::new("."));
         let spec_path = base.join(&asset.specification.path);
         let loaded = LoadedSpec::load(&spec_path).map_err(|e| {

@@ -90,24 +90,7 @@ pub fn main() -> ExitCode {
         args.log_format == LogFormat::Json,
         almanac_jobs::logging::DEFAULT_FILTER,
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "executor stopped");
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    almanac_jobs::logging::run_main(Some("executor"), run(args))
 }
 
 fn memory_limit(text: &str) -> Result<u64, ExecutorError> {

@@ -1,4 +1,5 @@
-//! Structured logs for every Almanac process: text or JSON lines on stderr.
+//! What every Almanac binary sets up: structured logs (text or JSON lines on stderr) and the
+//! async runtime its work runs on.
 
 use tracing_subscriber::EnvFilter;
 
@@ -21,4 +22,32 @@ pub fn init(json: bool, default_filter: &str) {
     } else {
         builder.try_init()
     };
+}
+
+/// Runs a binary's work on a multi-threaded runtime; an error is printed as `error: ...` (and,
+/// for a service, also logged as `"{service} stopped"`) and makes the exit code non-zero.
+pub fn run_main<E: std::fmt::Display>(
+    service: Option<&str>,
+    work: impl std::future::Future<Output = std::result::Result<(), E>>,
+) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(service) = service {
+                tracing::error!(error = %e, "{service} stopped");
+            }
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

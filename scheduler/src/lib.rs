@@ -88,24 +88,7 @@ pub fn main() -> ExitCode {
         args.log_format == LogFormat::Json,
         almanac_jobs::logging::DEFAULT_FILTER,
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(args, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "scheduler stopped");
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    almanac_jobs::logging::run_main(Some("scheduler"), serve(args, shutdown_signal()))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -766,7 +766,7 @@ fn backfill_status_and_jobs_through_the_cli() {
 }
 
 /// Copies an example feature set folder (asset and spec) under `root/featuresets/`.
-fn example_set(name: &str, root: &Path) -> PathBuf {
+pub(crate) fn example_set(name: &str, root: &Path) -> PathBuf {
     let spec = example_spec(name, root);
     let set = spec.parent().unwrap().to_path_buf();
     std::fs::copy(

@@ -325,18 +325,7 @@ fn example_store(root: &Path, days: u32, homes: &[&Path]) {
         &days.to_string(),
     ]));
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fraud");
-    let set = root.join("featuresets/transactions");
-    std::fs::create_dir_all(set.join("spec")).unwrap();
-    let from = examples.join("featuresets/transactions");
-    std::fs::copy(
-        from.join("featureset_asset.yaml"),
-        set.join("featureset_asset.yaml"),
-    )
-    .unwrap();
-    for entry in std::fs::read_dir(from.join("spec")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), set.join("spec").join(entry.file_name())).unwrap();
-    }
+    let asset = crate::cli::example_set("transactions", root);
     let entity = examples.join("entities/account.yaml");
     for home in homes {
         let home = home.to_str().unwrap();
@@ -354,7 +343,7 @@ fn example_store(root: &Path, days: u32, homes: &[&Path]) {
             "featureset",
             "create",
             "--file",
-            set.join("featureset_asset.yaml").to_str().unwrap(),
+            asset.to_str().unwrap(),
         ]));
     }
 }
@@ -1001,19 +990,7 @@ fn registry_reads_through_the_scheduler_show_what_the_store_shows() {
         again.contains("already registered with this content"),
         "{again}"
     );
-    let set = root.join("featuresets/accounts");
-    std::fs::create_dir_all(set.join("spec")).unwrap();
-    let from = examples.join("featuresets/accounts");
-    std::fs::copy(
-        from.join("featureset_asset.yaml"),
-        set.join("featureset_asset.yaml"),
-    )
-    .unwrap();
-    for entry in std::fs::read_dir(from.join("spec")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), set.join("spec").join(entry.file_name())).unwrap();
-    }
-    let asset = set.join("featureset_asset.yaml");
+    let asset = crate::cli::example_set("accounts", root);
     let created = ok(&cluster.cli(&["featureset", "create", "--file", asset.to_str().unwrap()]));
     assert!(
         created.contains("registered feature set accounts:1"),

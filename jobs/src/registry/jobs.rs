@@ -379,7 +379,7 @@ impl Registry {
         .map_err(db_error(context.clone()))?;
         let after = if state == RunState::Queued {
             let r = FeatureSetRef::new(name, version);
-            cancel_unfinished_tasks(&tx, job, &kind, &r)?;
+            end_unfinished_tasks(&tx, job, &kind, &r, RunState::Cancelled, None)?;
             set_job_final(&tx, job, RunState::Cancelled, Some("cancelled"))
                 .map_err(db_error(context.clone()))?;
             RunState::Cancelled
@@ -413,7 +413,14 @@ impl Registry {
         let tx = self
             .write_transaction()
             .map_err(db_error(context.clone()))?;
-        cancel_unfinished_tasks(&tx, job, &info.kind, &info.feature_set)?;
+        end_unfinished_tasks(
+            &tx,
+            job,
+            &info.kind,
+            &info.feature_set,
+            RunState::Cancelled,
+            None,
+        )?;
         set_job_final(&tx, job, RunState::Cancelled, Some("cancelled"))
             .map_err(db_error(context.clone()))?;
         tx.commit().map_err(db_error(context))
@@ -542,20 +549,14 @@ impl Registry {
         let tx = self
             .write_transaction()
             .map_err(db_error(context.clone()))?;
-        for t in info.tasks.iter().filter(|t| !t.state.is_final()) {
-            tx.execute(
-                "UPDATE tasks SET state = 'failed', error = ?3, updated_at = ?4 WHERE job_id = ?1 AND idx = ?2",
-                params![job.as_str(), t.index, error, now()],
-            )
-            .map_err(db_error(context.clone()))?;
-        }
-        if info.kind == BACKFILL {
-            let mut timeline = load_timeline(&tx, &info.feature_set)?;
-            for t in info.tasks.iter().filter(|t| !t.state.is_final()) {
-                timeline.set(t.window, DataStatus::Incomplete);
-            }
-            store_timeline(&tx, &info.feature_set, &timeline)?;
-        }
+        end_unfinished_tasks(
+            &tx,
+            job,
+            &info.kind,
+            &info.feature_set,
+            RunState::Failed,
+            Some(error),
+        )?;
         set_job_final(&tx, job, RunState::Failed, Some(error))
             .map_err(db_error(context.clone()))?;
         tx.commit().map_err(db_error(context))
@@ -775,14 +776,17 @@ fn end_attempt(
     )
 }
 
-/// Unfinished tasks become cancelled; a backfill's windows of them become Incomplete.
-fn cancel_unfinished_tasks(
+/// Ends a job's unfinished tasks (and their running attempts) as `state`, keeping `error` if
+/// given; a backfill's windows of them become Incomplete (a commit may have landed just then).
+fn end_unfinished_tasks(
     tx: &rusqlite::Transaction<'_>,
     job: &JobId,
     kind: &str,
     r: &FeatureSetRef,
+    state: RunState,
+    error: Option<&str>,
 ) -> Result<()> {
-    let context = format!("cancelling the tasks of job {job}");
+    let context = format!("ending the tasks of job {job}");
     let windows: Vec<TimeRange> = {
         let mut stmt = tx
             .prepare(
@@ -800,13 +804,15 @@ fn cancel_unfinished_tasks(
         .map_err(db_error(context.clone()))?
     };
     tx.execute(
-        "UPDATE tasks SET state = 'cancelled', updated_at = ?2 WHERE job_id = ?1 AND state IN ('queued', 'running')",
-        params![job.as_str(), now()],
+        "UPDATE tasks SET state = ?2, error = COALESCE(?3, error), updated_at = ?4
+         WHERE job_id = ?1 AND state IN ('queued', 'running')",
+        params![job.as_str(), state.name(), error, now()],
     )
     .map_err(db_error(context.clone()))?;
     tx.execute(
-        "UPDATE task_attempts SET state = 'cancelled', finished_at = ?2 WHERE job_id = ?1 AND state = 'running'",
-        params![job.as_str(), now()],
+        "UPDATE task_attempts SET state = ?2, error = COALESCE(?3, error), finished_at = ?4
+         WHERE job_id = ?1 AND state = 'running'",
+        params![job.as_str(), state.name(), error, now()],
     )
     .map_err(db_error(context.clone()))?;
     if kind == BACKFILL && !windows.is_empty() {

@@ -102,6 +102,9 @@ pub enum Command {
     Feature(FeatureCommand),
     /// Materialize a window of a registered feature set into the offline store.
     Backfill(BackfillArgs),
+    /// Run the store's materialization schedules in this process until Ctrl-C or SIGTERM
+    /// (embedded; a scheduler service runs them itself).
+    Serve(ServeArgs),
     /// Jobs recorded in the store.
     #[command(subcommand)]
     Job(JobCommand),
@@ -198,6 +201,32 @@ pub enum FeaturesetCommand {
     Status { feature_set: String },
     /// The registered models that use a version.
     Models { feature_set: String },
+    /// Set or disable a version's materialization schedule. A scheduler (or `almanac serve`)
+    /// triggers it; each trigger materializes the window since the previous one.
+    Schedule(ScheduleArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["every", "cron", "disable"])))]
+pub struct ScheduleArgs {
+    /// name:version of a registered feature set with offline materialization.
+    pub feature_set: String,
+    /// A recurrence: a count and a unit, e.g. 15m, 1h, 1d, 1w, 1mo.
+    #[arg(long)]
+    pub every: Option<String>,
+    /// Five cron fields (minute hour day-of-month month day-of-week), e.g. '30 2 * * *'.
+    #[arg(long)]
+    pub cron: Option<String>,
+    /// With --every: the first trigger, local to the time zone (e.g. 2024-01-01T02:30:00);
+    /// later ones follow from it. Default: midnight, 1970-01-01.
+    #[arg(long, requires = "every")]
+    pub start: Option<String>,
+    /// An IANA time zone (e.g. Europe/Berlin); default UTC.
+    #[arg(long, conflicts_with = "disable")]
+    pub time_zone: Option<String>,
+    /// Stop triggering (the schedule is kept; setting one again starts afresh).
+    #[arg(long)]
+    pub disable: bool,
 }
 
 #[derive(Debug, Args)]
@@ -233,6 +262,23 @@ pub struct BackfillArgs {
     /// its end, so this is what happens anyway; it is accepted so scripts work both ways.
     #[arg(long)]
     pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Missed triggers run after downtime, counted back from now; older ones are skipped and
+    /// listed.
+    #[arg(long, default_value_t = 10)]
+    pub catch_up_limit: usize,
+    /// Scheduled jobs running at once (of different feature sets: one set's runs never overlap).
+    #[arg(long, default_value_t = 2)]
+    pub max_running_jobs: usize,
+    /// Attempts per task.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Read the schedules' clock from this file (an RFC 3339 time) instead of the system clock.
+    #[arg(long, hide = true)]
+    pub clock_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -478,6 +524,18 @@ pub struct SampleArgs {
     /// Write the rows to this parquet file instead of printing them.
     #[arg(long)]
     pub output: Option<PathBuf>,
+}
+
+/// The `almanac` binary: parses flags, sets up logging and runs the command.
+pub fn main() -> std::process::ExitCode {
+    use clap::Parser;
+    let cli = Cli::parse();
+    almanac_jobs::logging::init(
+        cli.log_format == LogFormat::Json,
+        almanac_jobs::logging::DEFAULT_FILTER,
+    );
+    let mut stdout = std::io::stdout();
+    almanac_jobs::logging::run_main(None, run(cli, &mut stdout))
 }
 
 /// Runs a parsed command line, writing user-facing output to `out`.

@@ -33,6 +33,13 @@ pub(crate) async fn run(
     command: Command,
     out: &mut dyn Write,
 ) -> Result<Option<Command>, CliError> {
+    if let Command::Serve(_) = &command {
+        return Err(CliError::Usage(
+            "`almanac serve` runs a store's schedules in this process; with --scheduler, that \
+             scheduler triggers them itself: drop --scheduler, or just let the scheduler run"
+                .to_string(),
+        ));
+    }
     let not_yet = match &command {
         Command::Featureset(FeaturesetCommand::Sample { .. }) => Some("featureset sample"),
         Command::Backfill(_)
@@ -120,6 +127,21 @@ async fn read_registry(
         Command::Featureset(FeaturesetCommand::Status { feature_set }) => {
             let fs = client.get_feature_set(asset(feature_set)).await;
             crate::view::status(&fs.map_err(refused)?.into_inner(), out)
+        }
+        Command::Featureset(FeaturesetCommand::Schedule(args)) => {
+            // Checked here too, so a bad flag fails the same way in both modes.
+            crate::store::schedule_def(&args)?;
+            let s = client
+                .set_schedule(api::SetScheduleRequest {
+                    reference: args.feature_set,
+                    every: args.every,
+                    cron: args.cron,
+                    start: args.start,
+                    time_zone: args.time_zone,
+                    disable: args.disable,
+                })
+                .await;
+            crate::view::schedule_set(&s.map_err(refused)?.into_inner(), out)
         }
         Command::Featureset(FeaturesetCommand::Models { feature_set }) => {
             let fs = client.get_feature_set(asset(feature_set)).await;

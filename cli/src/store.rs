@@ -14,6 +14,7 @@ use almanac_jobs::backfill::{
 use almanac_jobs::manager::{RetryPolicy, RunOptions};
 use almanac_jobs::materialize::DataStatus;
 use almanac_jobs::registry::{JobId, JobInfo};
+use almanac_jobs::schedule::ScheduleDef;
 use almanac_jobs::spec::Offset;
 use almanac_jobs::time::format_instant;
 
@@ -55,7 +56,7 @@ pub(crate) async fn featureset(
             crate::view::feature_sets(&registry_view::feature_sets(&Registry::open(home)?)?, out)?;
         }
         FeaturesetCommand::Show { feature_set } => {
-            let fs = registry_view::get_feature_set(&Registry::open(home)?, &feature_set)?;
+            let fs = registry_view::get_feature_set(&Registry::open(home)?, &feature_set, now())?;
             crate::view::feature_set(&fs, out)?;
         }
         FeaturesetCommand::Sample {
@@ -101,12 +102,22 @@ pub(crate) async fn featureset(
             crate::view::stage_changed(&changed, out)?;
         }
         FeaturesetCommand::Status { feature_set } => {
-            let fs = registry_view::get_feature_set(&Registry::open(home)?, &feature_set)?;
+            let fs = registry_view::get_feature_set(&Registry::open(home)?, &feature_set, now())?;
             crate::view::status(&fs, out)?;
         }
         FeaturesetCommand::Models { feature_set } => {
-            let fs = registry_view::get_feature_set(&Registry::open(home)?, &feature_set)?;
+            let fs = registry_view::get_feature_set(&Registry::open(home)?, &feature_set, now())?;
             crate::view::models_using(&fs, out)?;
+        }
+        FeaturesetCommand::Schedule(args) => {
+            let def = schedule_def(&args)?;
+            let s = registry_view::set_schedule(
+                &mut Registry::open(home)?,
+                &args.feature_set,
+                def.as_ref(),
+                now(),
+            )?;
+            crate::view::schedule_set(&s, out)?;
         }
         FeaturesetCommand::Restore { feature_set } => {
             let changed =
@@ -467,5 +478,100 @@ pub(crate) fn model(
             )?;
         }
     }
+    Ok(())
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// The schedule `featureset schedule` asks for; `None` to disable.
+pub(crate) fn schedule_def(args: &crate::ScheduleArgs) -> Result<Option<ScheduleDef>, CliError> {
+    if args.disable {
+        return Ok(None);
+    }
+    Ok(Some(ScheduleDef::from_flags(
+        args.every.as_deref(),
+        args.cron.as_deref(),
+        args.start.as_deref(),
+        args.time_zone.as_deref(),
+    )?))
+}
+
+/// `almanac serve`: the trigger loop and a job manager for scheduled jobs, in this process. It
+/// runs only scheduled jobs: backfills are run by the CLI processes that start them.
+pub(crate) async fn serve(
+    config: EngineConfig,
+    home: &Path,
+    args: &crate::ServeArgs,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    use almanac_jobs::manager::{JobManager, ManagerConfig};
+    use almanac_jobs::trigger::{Clock, FileClock, SystemClock, TriggerConfig, TriggerLoop};
+    use std::sync::Arc;
+
+    let registry = Registry::open(home)?;
+    let scheduled = registry.scheduled_feature_sets()?;
+    drop(registry);
+    let engine = almanac_jobs::engine::Engine::embedded(config).await?;
+    let manager = Arc::new(JobManager::new(
+        engine,
+        std::path::absolute(home).map_err(|e| CliError::Usage(format!("--home: {e}")))?,
+        ManagerConfig {
+            max_running_jobs: args.max_running_jobs.max(1),
+            run: RunOptions {
+                parallel_tasks: 2,
+                retry: RetryPolicy {
+                    max_attempts: args.max_attempts.max(1),
+                    ..RetryPolicy::default()
+                },
+            },
+            poll: Duration::from_millis(500),
+            only_kind: Some(almanac_jobs::registry::SCHEDULED),
+        },
+        None,
+    ));
+    let clock: Box<dyn Clock> = match &args.clock_file {
+        Some(file) => Box::new(FileClock(file.clone())),
+        None => Box::new(SystemClock),
+    };
+    let triggers = TriggerLoop::new(
+        home,
+        clock,
+        TriggerConfig {
+            catch_up_limit: args.catch_up_limit.max(1),
+            ..TriggerConfig::default()
+        },
+    );
+    writeln!(
+        out,
+        "serving the schedules of {} ({} scheduled feature set version(s)); Ctrl-C stops",
+        home.display(),
+        scheduled.len()
+    )?;
+    out.flush()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let stop = &stop_tx;
+    let jobs = async {
+        let r = Arc::clone(&manager).run(stopped(stop_rx.clone())).await;
+        stop.send_replace(true);
+        r
+    };
+    let wake = |_: &almanac_jobs::registry::JobId| manager.wake();
+    let loop_ = triggers.run(stopped(stop_rx.clone()), &wake);
+    let signal = async {
+        tokio::select! {
+            _ = almanac_jobs::logging::shutdown_signal() => {
+                tracing::info!("stopping: running scheduled jobs resume at the next start");
+            }
+            _ = stopped(stop_rx.clone()) => {}
+        }
+        stop.send_replace(true);
+    };
+    let (jobs, (), ()) = tokio::join!(jobs, loop_, signal);
+    jobs?;
     Ok(())
 }

@@ -69,6 +69,7 @@ pub(crate) fn feature_set(fs: &v1::FeatureSet, out: &mut dyn Write) -> Result<()
     )?;
     writeln!(out, "entities: {}", fs.entities.join(", "))?;
     writeln!(out, "spec: {}", fs.spec)?;
+    schedule_lines(fs.schedule.as_ref(), out)?;
     writeln!(out, "features:")?;
     for f in &fs.features {
         writeln!(
@@ -103,6 +104,15 @@ pub(crate) fn status(fs: &v1::FeatureSet, out: &mut dyn Write) -> Result<(), Cli
                 format_instant(i.end_us),
                 i.status
             )?;
+        }
+    }
+    schedule_lines(fs.schedule.as_ref(), out)?;
+    if let Some(s) = &fs.schedule
+        && !s.recent_triggers.is_empty()
+    {
+        writeln!(out, "recent triggers:")?;
+        for t in s.recent_triggers.iter().take(5) {
+            trigger_line(t, out)?;
         }
     }
     if !fs.recent_jobs.is_empty() {
@@ -187,4 +197,72 @@ pub(crate) fn created(c: &v1::Created, out: &mut dyn Write) -> Result<(), CliErr
 pub(crate) fn stage_changed(s: &v1::StageChanged, out: &mut dyn Write) -> Result<(), CliError> {
     writeln!(out, "feature set {} is now {}", s.reference, s.stage)?;
     Ok(())
+}
+
+/// A schedule in `featureset show` and `status`: what it is, when it next fires, and whether a
+/// run is going or failing.
+fn schedule_lines(s: Option<&v1::Schedule>, out: &mut dyn Write) -> Result<(), CliError> {
+    let Some(s) = s else {
+        return Ok(writeln!(out, "schedule: none")?);
+    };
+    if !s.enabled {
+        return Ok(writeln!(out, "schedule: {} (disabled)", s.definition)?);
+    }
+    writeln!(out, "schedule: {}", s.definition)?;
+    if let Some(next) = s.next_trigger_us {
+        let note = if s.cursor_us.is_none() {
+            " (starts when a scheduler or `almanac serve` runs)"
+        } else {
+            ""
+        };
+        writeln!(out, "next trigger: {}{note}", format_instant(next))?;
+    }
+    if let Some(job) = &s.running_job {
+        writeln!(out, "running: {job} (a due trigger waits for it)")?;
+    }
+    if s.consecutive_failures > 0 {
+        writeln!(
+            out,
+            "failing: the last {} scheduled run(s) failed; their windows are Incomplete",
+            s.consecutive_failures
+        )?;
+    }
+    Ok(())
+}
+
+fn trigger_line(t: &v1::Trigger, out: &mut dyn Write) -> Result<(), CliError> {
+    let window = t
+        .window
+        .as_ref()
+        .map(|w| {
+            format!(
+                "[{}, {})",
+                format_instant(w.start_us),
+                format_instant(w.end_us)
+            )
+        })
+        .unwrap_or_default();
+    if t.state == "skipped" {
+        writeln!(
+            out,
+            "  {}  skipped {} trigger(s) up to here (catch-up limit); window {window} not materialized",
+            format_instant(t.trigger_us),
+            t.skipped
+        )?;
+    } else {
+        writeln!(
+            out,
+            "  {}  {}  {}  window {window}",
+            format_instant(t.trigger_us),
+            t.job_id.as_deref().unwrap_or_default(),
+            t.job_state.as_deref().unwrap_or_default()
+        )?;
+    }
+    Ok(())
+}
+
+/// `featureset schedule`.
+pub(crate) fn schedule_set(s: &v1::Schedule, out: &mut dyn Write) -> Result<(), CliError> {
+    writeln!(out, "feature set {}", s.reference)?;
+    schedule_lines(Some(s), out)
 }

@@ -31,5 +31,6 @@ pub mod storage;
 pub mod time;
 pub mod timestamp;
 pub mod transform;
+pub mod trigger;
 
 pub use error::{JobsError, Result};

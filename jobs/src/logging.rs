@@ -1,5 +1,5 @@
-//! What every Almanac binary sets up: structured logs (text or JSON lines on stderr) and the
-//! async runtime its work runs on.
+//! What every Almanac binary sets up: structured logs (text or JSON lines on stderr), the
+//! async runtime its work runs on, and how a long-running one hears it should stop.
 
 use tracing_subscriber::EnvFilter;
 
@@ -49,5 +49,28 @@ pub fn run_main<E: std::fmt::Display>(
             eprintln!("error: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

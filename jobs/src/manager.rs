@@ -28,7 +28,7 @@ use crate::backfill::{TaskOutcome, materialized_set};
 use crate::engine::Engine;
 use crate::error::{JobsError, Result};
 use crate::offline::{materialize_task, open_or_create, table_url};
-use crate::registry::{BACKFILL, JobId, JobInfo, RETRIEVAL, Registry, RunState};
+use crate::registry::{BACKFILL, JobId, JobInfo, RETRIEVAL, Registry, RunState, SCHEDULED};
 use crate::retrieve::request::{FeatureRequest, parse_local};
 use crate::retrieve::{RetrieveOptions, retrieve};
 use crate::source::TimeRange;
@@ -342,7 +342,9 @@ pub async fn run_job(
     }
     let registry = SharedRegistry(Mutex::new(registry));
     let outcomes = match info.kind.as_str() {
-        BACKFILL => run_backfill(engine, &registry, &info, run, cancel, on_task).await?,
+        BACKFILL | SCHEDULED => {
+            run_backfill(engine, &registry, &info, run, cancel, on_task).await?
+        }
         RETRIEVAL => run_retrieval(engine, home, &registry, &info, run, cancel, on_task).await?,
         other => {
             return Err(JobsError::InvalidInput(format!(
@@ -491,6 +493,9 @@ pub struct ManagerConfig {
     pub run: RunOptions,
     /// How often the queue is looked at when nothing wakes the manager.
     pub poll: Duration,
+    /// Run only jobs of this kind (`almanac serve` runs its scheduled jobs, and leaves the
+    /// embedded CLI's backfills to the processes that run them).
+    pub only_kind: Option<&'static str>,
 }
 
 impl Default for ManagerConfig {
@@ -499,6 +504,7 @@ impl Default for ManagerConfig {
             max_running_jobs: 4,
             run: RunOptions::default(),
             poll: Duration::from_secs(1),
+            only_kind: None,
         }
     }
 }
@@ -606,11 +612,23 @@ impl JobManager {
         Ok(state)
     }
 
+    /// The unfinished jobs this manager runs, oldest first.
+    fn queue(&self, registry: &Registry) -> Result<Vec<JobId>> {
+        let jobs = registry.unfinished_jobs()?;
+        Ok(match self.config.only_kind {
+            None => jobs,
+            Some(kind) => jobs
+                .into_iter()
+                .filter(|j| j.as_str().starts_with(&format!("{kind}-")))
+                .collect(),
+        })
+    }
+
     /// After a restart: attempts that were running are recorded as interrupted and their
     /// tasks queued again; jobs whose cancel was asked for are ended.
     fn recover(&self) -> Result<()> {
         let mut registry = Registry::open(&self.home)?;
-        for job in registry.unfinished_jobs()? {
+        for job in self.queue(&registry)? {
             let requeued = registry.requeue_interrupted(&job)?;
             if registry.cancel_requested(&job)? {
                 registry.finish_cancelled(&job)?;
@@ -660,7 +678,7 @@ impl JobManager {
         if free == 0 {
             return Ok(());
         }
-        let queued = Registry::open(&self.home)?.unfinished_jobs()?;
+        let queued = self.queue(&Registry::open(&self.home)?)?;
         let mut running = self.running();
         let starting: Vec<JobId> = queued
             .into_iter()

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use almanac_jobs::registry::{
     Created, EntityRef, FeatureFilter, FeatureInfo, FeatureSetRef, ModelInfo, ModelRef, Registry,
+    ScheduleInfo,
 };
+use almanac_jobs::schedule::ScheduleDef;
 use almanac_jobs::spec::{EntitySpec, Stage};
 use almanac_jobs::{JobsError, Result};
 
@@ -80,7 +82,8 @@ fn feature(f: FeatureInfo) -> v1::Feature {
     }
 }
 
-pub fn get_feature_set(registry: &Registry, reference: &str) -> Result<v1::FeatureSet> {
+/// A feature set version; `now` (µs) dates its schedule's next trigger.
+pub fn get_feature_set(registry: &Registry, reference: &str, now: i64) -> Result<v1::FeatureSet> {
     let r: FeatureSetRef = reference.parse()?;
     let fs = registry.require_feature_set(&r)?;
     let features = registry
@@ -119,7 +122,51 @@ pub fn get_feature_set(registry: &Registry, reference: &str) -> Result<v1::Featu
             .iter()
             .map(|m| m.to_string())
             .collect(),
+        schedule: registry.schedule(&r)?.map(|s| schedule(&s, now)),
     })
+}
+
+/// A schedule as the API shows it; `now` (µs) dates the next trigger.
+pub fn schedule(s: &ScheduleInfo, now: i64) -> v1::Schedule {
+    v1::Schedule {
+        reference: s.feature_set.to_string(),
+        definition: s.definition.to_string(),
+        enabled: s.enabled,
+        next_trigger_us: s.next_trigger(now),
+        cursor_us: s.cursor,
+        running_job: s.running_job().map(|j| j.to_string()),
+        consecutive_failures: s.consecutive_failures() as u32,
+        recent_triggers: s
+            .recent
+            .iter()
+            .map(|t| v1::Trigger {
+                trigger_us: t.trigger,
+                state: t.state.name().to_string(),
+                job_id: t.job.as_ref().map(|j| j.to_string()),
+                job_state: t.job_state.map(|s| s.name().to_string()),
+                window: Some(v1::Window {
+                    start_us: t.window.start,
+                    end_us: t.window.end,
+                }),
+                skipped: t.skipped,
+            })
+            .collect(),
+    }
+}
+
+/// Sets (`def`) or disables (`None`) a schedule, and shows it.
+pub fn set_schedule(
+    registry: &mut Registry,
+    reference: &str,
+    def: Option<&ScheduleDef>,
+    now: i64,
+) -> Result<v1::Schedule> {
+    let r: FeatureSetRef = reference.parse()?;
+    registry.set_schedule(&r, def)?;
+    let s = registry
+        .schedule(&r)?
+        .ok_or_else(|| JobsError::InvalidInput(format!("feature set {r} has no schedule")))?;
+    Ok(schedule(&s, now))
 }
 
 /// `tags` are `key=value`.

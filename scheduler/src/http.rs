@@ -125,6 +125,8 @@ async fn render(state: &ServiceState) -> Result<String> {
         m.duration_millis_sum.load(Ordering::Relaxed) as f64 / 1000.0
     );
 
+    render_schedules(state, &mut out)?;
+
     let executors = state.cluster.executors().await;
     let _ = writeln!(
         out,
@@ -155,4 +157,55 @@ async fn render(state: &ServiceState) -> Result<String> {
         state.version
     );
     Ok(out)
+}
+
+/// Schedules: triggers handled by this process, and per feature set version the runs that
+/// failed in a row (alert on it above zero) and the next trigger time.
+fn render_schedules(state: &ServiceState, out: &mut String) -> Result<()> {
+    let t = &state.triggers.metrics;
+    let _ = writeln!(
+        out,
+        "# HELP almanac_schedule_triggers_total Schedule triggers this process handled, by outcome.\n\
+         # TYPE almanac_schedule_triggers_total counter\n\
+         almanac_schedule_triggers_total{{outcome=\"submitted\"}} {}\n\
+         almanac_schedule_triggers_total{{outcome=\"skipped\"}} {}\n\
+         almanac_schedule_triggers_total{{outcome=\"waited\"}} {}",
+        t.submitted.load(Ordering::Relaxed),
+        t.skipped.load(Ordering::Relaxed),
+        t.waited.load(Ordering::Relaxed)
+    );
+    let schedules = Registry::open(state.manager.home())?.schedule_overview()?;
+    let now = state
+        .triggers
+        .now()
+        .unwrap_or_else(|_| chrono::Utc::now().timestamp_micros());
+    let _ = writeln!(
+        out,
+        "# HELP almanac_schedule_consecutive_failures Scheduled runs of a feature set version that failed since its last success.\n\
+         # TYPE almanac_schedule_consecutive_failures gauge"
+    );
+    for s in &schedules {
+        let _ = writeln!(
+            out,
+            "almanac_schedule_consecutive_failures{{feature_set=\"{}\"}} {}",
+            s.feature_set,
+            s.consecutive_failures()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP almanac_schedule_next_trigger_seconds When a feature set version's schedule next triggers (Unix time).\n\
+         # TYPE almanac_schedule_next_trigger_seconds gauge"
+    );
+    for s in &schedules {
+        if let Some(next) = s.next_trigger(now) {
+            let _ = writeln!(
+                out,
+                "almanac_schedule_next_trigger_seconds{{feature_set=\"{}\"}} {}",
+                s.feature_set,
+                next as f64 / 1e6
+            );
+        }
+    }
+    Ok(())
 }

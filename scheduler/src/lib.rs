@@ -3,7 +3,8 @@
 //! One process serves three things:
 //! - the job API ([`almanac_proto`]) for the `almanac` CLI and pipelines ([`service`]);
 //! - Ballista's scheduler, embedded, to which `almanac-executor`s connect ([`cluster`]);
-//! - `/healthz`, `/readyz` and Prometheus `/metrics` over HTTP ([`http`]).
+//! - `/healthz`, `/readyz` and Prometheus `/metrics` over HTTP ([`http`]);
+//! - the schedules' trigger loop ([`TriggerLoop`]), which submits scheduled materializations.
 //!
 //! Jobs live in the store's registry database, so a restart loses nothing: the
 //! [`JobManager`](almanac_jobs::manager::JobManager) resumes what was queued or running, and a
@@ -23,6 +24,7 @@ use std::time::Duration;
 use almanac_jobs::engine::{Engine, EngineConfig};
 use almanac_jobs::manager::{JobManager, ManagerConfig, RetryPolicy, RunOptions};
 use almanac_jobs::registry::Registry;
+use almanac_jobs::trigger::{Clock, FileClock, SystemClock, TriggerConfig, TriggerLoop};
 use clap::{Parser, ValueEnum};
 
 pub use error::{Result, SchedulerError};
@@ -76,6 +78,20 @@ pub struct SchedulerArgs {
     pub target_partitions: usize,
     #[arg(long, value_enum, default_value = "text", env = "ALMANAC_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// Missed schedule triggers run after downtime, counted back from now; older ones are
+    /// skipped (and listed in the log, and in `featureset show`).
+    #[arg(long, default_value_t = 10)]
+    pub catch_up_limit: usize,
+    /// Trigger no schedule: run submitted jobs only (maintenance, or a second scheduler).
+    #[arg(long)]
+    pub no_schedules: bool,
+    /// Read the schedules' clock from this file (an RFC 3339 time, re-read every tick)
+    /// instead of the system clock: for tests and drills.
+    #[arg(long, hide = true)]
+    pub clock_file: Option<PathBuf>,
+    /// Seconds between looks at the schedules.
+    #[arg(long, default_value_t = 1.0, hide = true)]
+    pub schedule_tick_secs: f64,
     /// Report this Almanac version instead of the built one (tests of version checks).
     #[arg(long, hide = true)]
     pub pretend_version: Option<String>,
@@ -91,28 +107,7 @@ pub fn main() -> ExitCode {
     almanac_jobs::logging::run_main(Some("scheduler"), serve(args, shutdown_signal()))
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
+pub use almanac_jobs::logging::shutdown_signal;
 
 /// Serves until `shutdown` resolves. Running jobs are then left as they are in the registry,
 /// and resumed by the next start.
@@ -152,11 +147,25 @@ pub async fn serve(
                 },
             },
             poll: Duration::from_millis(500),
+            only_kind: None,
         },
         Some(Arc::new(ballista.canceller())),
     ));
+    let clock: Box<dyn Clock> = match &args.clock_file {
+        Some(file) => Box::new(FileClock(file.clone())),
+        None => Box::new(SystemClock),
+    };
+    let triggers = Arc::new(TriggerLoop::new(
+        &home,
+        clock,
+        TriggerConfig {
+            catch_up_limit: args.catch_up_limit.max(1),
+            tick: Duration::from_secs_f64(args.schedule_tick_secs.clamp(0.05, 60.0)),
+        },
+    ));
     let state = Arc::new(service::ServiceState {
         manager: Arc::clone(&manager),
+        triggers: Arc::clone(&triggers),
         cluster: ballista.clone(),
         version,
     });
@@ -205,6 +214,15 @@ pub async fn serve(
         stop.send_replace(true);
         r
     };
+    let schedules = async {
+        if args.no_schedules {
+            tracing::info!("--no-schedules: no schedule is triggered by this scheduler");
+            return;
+        }
+        triggers
+            .run(stopped(stop_rx.clone()), &|_| manager.wake())
+            .await;
+    };
     let signal = async {
         tokio::select! {
             _ = shutdown => tracing::info!("shutting down: running jobs resume at the next start"),
@@ -212,7 +230,7 @@ pub async fn serve(
         }
         stop.send_replace(true);
     };
-    let (api, http, jobs, ()) = tokio::join!(api, http, jobs, signal);
+    let (api, http, jobs, (), ()) = tokio::join!(api, http, jobs, schedules, signal);
     ballista.stop().await;
     api?;
     http?;

@@ -8,6 +8,7 @@ use almanac_jobs::backfill::{BackfillOptions, DAY_MICROS, create_backfill};
 use almanac_jobs::manager::{JobManager, RetrievalRequest, add_model_features, create_retrieval};
 use almanac_jobs::materialize::DataStatus;
 use almanac_jobs::registry::{FeatureSetRef, JobId, Registry, RunState};
+use almanac_jobs::schedule::ScheduleDef;
 use almanac_jobs::source::TimeRange;
 use almanac_proto::v1::job_service_server::{JobService, JobServiceServer};
 use almanac_proto::v1::registry_service_server::{RegistryService, RegistryServiceServer};
@@ -22,11 +23,19 @@ use crate::error::{Result, SchedulerError, jobs_status};
 /// What the API and the HTTP endpoints share.
 pub struct ServiceState {
     pub manager: Arc<JobManager>,
+    pub triggers: Arc<almanac_jobs::trigger::TriggerLoop>,
     pub cluster: Cluster,
     pub version: String,
 }
 
 impl ServiceState {
+    /// The schedules' clock: what "next trigger" is counted from.
+    fn now(&self) -> i64 {
+        self.triggers
+            .now()
+            .unwrap_or_else(|_| chrono::Utc::now().timestamp_micros())
+    }
+
     fn registry(&self) -> std::result::Result<Registry, Status> {
         Registry::open(self.manager.home()).map_err(jobs_status)
     }
@@ -261,6 +270,10 @@ impl RegistryApi {
     fn registry(&self) -> std::result::Result<Registry, Status> {
         self.0.registry()
     }
+
+    fn now(&self) -> i64 {
+        self.0.now()
+    }
 }
 
 #[tonic::async_trait]
@@ -295,7 +308,8 @@ impl RegistryService for RegistryApi {
         request: Request<api::AssetRequest>,
     ) -> std::result::Result<Response<api::FeatureSet>, Status> {
         let r = request.into_inner().reference;
-        let fs = registry_view::get_feature_set(&self.registry()?, &r).map_err(jobs_status)?;
+        let fs = registry_view::get_feature_set(&self.registry()?, &r, self.now())
+            .map_err(jobs_status)?;
         Ok(Response::new(fs))
     }
 
@@ -373,6 +387,40 @@ impl RegistryService for RegistryApi {
         let file =
             registry_view::retrieval_spec(&self.registry()?, &features).map_err(jobs_status)?;
         Ok(Response::new(file))
+    }
+
+    async fn set_schedule(
+        &self,
+        request: Request<api::SetScheduleRequest>,
+    ) -> std::result::Result<Response<api::Schedule>, Status> {
+        let r = request.into_inner();
+        let def = if r.disable {
+            if r.every.is_some() || r.cron.is_some() {
+                return Err(Status::invalid_argument(
+                    "disable goes without every or cron",
+                ));
+            }
+            None
+        } else {
+            Some(
+                ScheduleDef::from_flags(
+                    r.every.as_deref(),
+                    r.cron.as_deref(),
+                    r.start.as_deref(),
+                    r.time_zone.as_deref(),
+                )
+                .map_err(jobs_status)?,
+            )
+        };
+        let s = registry_view::set_schedule(
+            &mut self.registry()?,
+            &r.reference,
+            def.as_ref(),
+            self.now(),
+        )
+        .map_err(jobs_status)?;
+        tracing::info!(feature_set = %r.reference, schedule = %s.definition, enabled = s.enabled, "schedule set");
+        Ok(Response::new(s))
     }
 
     async fn set_feature_set_stage(

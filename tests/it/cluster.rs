@@ -17,7 +17,7 @@ use datafusion::prelude::SessionContext;
 
 use crate::common::{Output, failed, ok, run_cli};
 
-const SCHEDULER: &str = env!("CARGO_BIN_EXE_it-almanac-scheduler");
+pub(crate) const SCHEDULER: &str = env!("CARGO_BIN_EXE_it-almanac-scheduler");
 const EXECUTOR: &str = env!("CARGO_BIN_EXE_it-almanac-executor");
 
 /// Logs of the services: Almanac's, and Ballista's executor noting each task it receives.
@@ -25,7 +25,7 @@ const LOG_FILTER: &str = "warn,almanac=info,ballista_executor::execution_loop=in
 
 /// A free loopback port below the ephemeral range (32768 and up on Linux): a port the OS
 /// hands out itself can be taken by an outgoing connection before the service binds it.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     use rand::Rng;
     let mut rng = rand::rng();
     loop {
@@ -37,14 +37,14 @@ fn free_port() -> u16 {
 }
 
 /// A service process; killed when dropped.
-struct Service {
+pub(crate) struct Service {
     name: String,
     child: Child,
     log: PathBuf,
 }
 
 impl Service {
-    fn spawn(name: &str, exe: &str, args: &[String], log: PathBuf) -> Service {
+    pub(crate) fn spawn(name: &str, exe: &str, args: &[String], log: PathBuf) -> Service {
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(exe)
             .args(args)
@@ -61,7 +61,7 @@ impl Service {
         }
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args(["-s", signal, &self.child.id().to_string()])
             .status()
@@ -70,12 +70,12 @@ impl Service {
     }
 
     /// SIGKILL, and reap it.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -86,7 +86,7 @@ impl Service {
         None
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -98,21 +98,29 @@ impl Drop for Service {
 }
 
 /// A scheduler and its executors over one store.
-struct Cluster {
+pub(crate) struct Cluster {
     dir: PathBuf,
     home: PathBuf,
     api_port: u16,
     executor_port: u16,
-    http_port: u16,
+    pub(crate) http_port: u16,
     scheduler_args: Vec<String>,
-    scheduler: Option<Service>,
+    pub(crate) scheduler: Option<Service>,
     executors: Vec<Service>,
     starts: usize,
 }
 
 impl Cluster {
-    /// Starts a scheduler over `home` with `extra` flags.
-    fn start(dir: &Path, home: &Path, extra: &[&str]) -> Cluster {
+    /// Starts a scheduler over `home` with `extra` flags. It triggers no schedule (the example
+    /// set's daily one would fire at midnight): see [`Cluster::start_scheduling`].
+    pub(crate) fn start(dir: &Path, home: &Path, extra: &[&str]) -> Cluster {
+        let mut flags = vec!["--no-schedules"];
+        flags.extend_from_slice(extra);
+        Cluster::start_scheduling(dir, home, &flags)
+    }
+
+    /// Starts a scheduler over `home` with `extra` flags, schedules on.
+    pub(crate) fn start_scheduling(dir: &Path, home: &Path, extra: &[&str]) -> Cluster {
         std::fs::create_dir_all(dir).unwrap();
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
@@ -129,11 +137,11 @@ impl Cluster {
         cluster
     }
 
-    fn api(&self) -> String {
+    pub(crate) fn api(&self) -> String {
         format!("127.0.0.1:{}", self.api_port)
     }
 
-    fn start_scheduler(&mut self) {
+    pub(crate) fn start_scheduler(&mut self) {
         self.starts += 1;
         let mut args: Vec<String> = vec![
             "--home".into(),
@@ -166,7 +174,7 @@ impl Cluster {
     }
 
     /// Starts an executor; returns its index. `extra`: more flags.
-    fn add_executor(&mut self, slots: usize, extra: &[&str]) -> usize {
+    pub(crate) fn add_executor(&mut self, slots: usize, extra: &[&str]) -> usize {
         let n = self.executors.len();
         let mut args: Vec<String> = vec![
             "--scheduler".into(),
@@ -215,7 +223,7 @@ impl Cluster {
         })
     }
 
-    fn status(&self) -> api::ClusterStatusResponse {
+    pub(crate) fn status(&self) -> api::ClusterStatusResponse {
         self.client(async |c| {
             c.cluster_status(api::ClusterStatusRequest {})
                 .await
@@ -224,7 +232,7 @@ impl Cluster {
         })
     }
 
-    fn job(&self, id: &str) -> api::Job {
+    pub(crate) fn job(&self, id: &str) -> api::Job {
         let id = id.to_string();
         self.client(async move |c| {
             c.get_job(api::GetJobRequest { job_id: id })
@@ -234,7 +242,12 @@ impl Cluster {
         })
     }
 
-    fn wait_for(&self, what: &str, timeout: Duration, mut done: impl FnMut(&Cluster) -> bool) {
+    pub(crate) fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&Cluster) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         while !done(self) {
             assert!(
@@ -246,7 +259,7 @@ impl Cluster {
         }
     }
 
-    fn wait_active(&self, n: usize) {
+    pub(crate) fn wait_active(&self, n: usize) {
         self.wait_for(
             &format!("{n} active executor(s)"),
             Duration::from_secs(60),
@@ -269,7 +282,7 @@ impl Cluster {
         );
     }
 
-    fn wait_end(&self, job: &str) -> api::Job {
+    pub(crate) fn wait_end(&self, job: &str) -> api::Job {
         let mut ended = None;
         self.wait_for(
             &format!("job {job} to end"),
@@ -287,14 +300,14 @@ impl Cluster {
     }
 
     /// `almanac --scheduler API ARGS`.
-    fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
         let api = self.api();
         let mut all = vec!["--scheduler", api.as_str()];
         all.extend_from_slice(args);
         run_cli(&all)
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let mut out = String::new();
         for s in self.scheduler.iter().chain(&self.executors) {
             let log = s.log();
@@ -311,7 +324,18 @@ impl Cluster {
 
 /// A store over the example transactions set and sample data under `root`, registered in
 /// each of `homes`.
-fn example_store(root: &Path, days: u32, homes: &[&Path]) {
+pub(crate) fn example_store(root: &Path, days: u32, homes: &[&Path]) {
+    example_store_from(root, "2023-01-01", days, 1500, homes);
+}
+
+/// [`example_store`] with data from `start` (a UTC date) and `transactions` rows.
+pub(crate) fn example_store_from(
+    root: &Path,
+    start: &str,
+    days: u32,
+    transactions: usize,
+    homes: &[&Path],
+) {
     let data = root.join("data");
     ok(&run_cli(&[
         "sample-data",
@@ -320,9 +344,11 @@ fn example_store(root: &Path, days: u32, homes: &[&Path]) {
         "--accounts",
         "30",
         "--transactions",
-        "1500",
+        &transactions.to_string(),
         "--days",
         &days.to_string(),
+        "--start",
+        start,
     ]));
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fraud");
     let asset = crate::cli::example_set("transactions", root);
@@ -404,7 +430,7 @@ fn assert_same_rows(got: &str, want: &str, cluster: &Cluster) {
 }
 
 /// How many times each of a job's task transaction ids was committed to the table's log.
-fn committed_task_ids(home: &Path, job: &str) -> HashMap<String, usize> {
+pub(crate) fn committed_task_ids(home: &Path, job: &str) -> HashMap<String, usize> {
     let root = Registry::open(home).unwrap().offline_root().unwrap();
     let table = table_url(&root, &FeatureSetRef::new("transactions", "1")).unwrap();
     let log = table.to_file_path().unwrap().join("_delta_log");
@@ -441,7 +467,7 @@ fn output_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     files
 }
 
-fn job_id(stdout: &str) -> String {
+pub(crate) fn job_id(stdout: &str) -> String {
     stdout
         .split_whitespace()
         .find(|w| w.starts_with("backfill-") || w.starts_with("retrieval-"))
@@ -607,7 +633,7 @@ fn a_cluster_gives_the_embedded_results_while_executors_die_join_and_drain() {
 }
 
 /// The body of `GET path` on loopback.
-fn http_get(port: u16, path: &str) -> String {
+pub(crate) fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(

@@ -8,6 +8,7 @@ mod common;
 mod offline;
 mod registry;
 mod retrieve;
+mod schedules;
 mod sources;
 mod specs;
 mod windows;

@@ -3,10 +3,14 @@
 //! timestamp). Rows: index columns, timestamp, features and `create_timestamp` (when the task
 //! that wrote them ran); at most one row per (index key, timestamp).
 //!
-//! A task materializes a window of whole days. Executors write its parquet files directly into
-//! the table folder (a partitioned [`PartWriterExec`](crate::part_writer::PartWriterExec)); then
-//! one Delta transaction adds them, removes every file the table had in the window's days, and
-//! records the task's application transaction id. A retried task whose transaction is already
+//! A task materializes a window. Executors write its parquet files directly into the table
+//! folder (a partitioned [`PartWriterExec`](crate::part_writer::PartWriterExec)); then one Delta
+//! transaction adds them, removes every file the table had in the window's days, and records
+//! the task's application transaction id. A window that does not cover whole days (a
+//! schedule's hour, say) rewrites the days it touches: their rows outside the window are read
+//! from the snapshot the commit builds on and written again next to the window's new rows, so
+//! the commit replaces exactly the window. Two tasks rewriting one day conflict in Delta's
+//! commit check, and the loser's retry builds on the winner's rows. A retried task whose transaction is already
 //! in the log commits nothing, so a window is never materialized twice; files of an attempt
 //! that never committed are not in the log, so no reader sees them.
 
@@ -179,9 +183,10 @@ pub struct TaskCommit {
 }
 
 /// The days `[start, end)` covers, as partition values.
+/// The UTC days (`YYYY-MM-DD`) a window touches.
 fn days(window: TimeRange) -> Vec<String> {
     let mut out = Vec::new();
-    let mut d = window.start;
+    let mut d = window.start.div_euclid(DAY_MICROS) * DAY_MICROS;
     while d < window.end {
         out.push(format_instant(d)[..10].to_string());
         d += DAY_MICROS;
@@ -189,8 +194,8 @@ fn days(window: TimeRange) -> Vec<String> {
     out
 }
 
-/// Materializes `window` (whole UTC days) of a spec into its offline table and commits it as
-/// application transaction `(app_id, txn_version)`.
+/// Materializes `window` of a spec into its offline table and commits it as application
+/// transaction `(app_id, txn_version)`.
 pub async fn materialize_task(
     engine: &Engine,
     url: &Url,
@@ -199,12 +204,9 @@ pub async fn materialize_task(
     app_id: &str,
     txn_version: i64,
 ) -> Result<TaskCommit> {
-    if window.start >= window.end
-        || window.start.rem_euclid(DAY_MICROS) != 0
-        || window.end.rem_euclid(DAY_MICROS) != 0
-    {
+    if window.start >= window.end {
         return Err(JobsError::InvalidInput(format!(
-            "offline store windows are whole UTC days; got [{}, {})",
+            "an offline store window must not be empty; got [{}, {})",
             format_instant(window.start),
             format_instant(window.end)
         )));
@@ -244,17 +246,39 @@ pub async fn materialize_task(
         ))
         .alias(CREATE_TIMESTAMP),
     );
-    // The UTC date as YYYY-MM-DD, by casts alone (no function the executors must know).
-    select.push(
-        cast(
-            cast(ident(spec.timestamp_name()), DataType::Date32),
-            DataType::Utf8,
-        )
-        .alias(DAY),
-    );
-    let rows = frame
+    select.push(day_expr(spec));
+    let mut rows = frame
         .select(select)
         .context(|| format!("cannot plan materializing {}", loaded.file.display()))?;
+    let window_days = days(window);
+    if window.start.rem_euclid(DAY_MICROS) != 0 || window.end.rem_euclid(DAY_MICROS) != 0 {
+        let files = snapshot_files(
+            snapshot,
+            url,
+            window_days.first().expect("non-empty window"),
+            window_days.last().expect("non-empty window"),
+        )?;
+        if let Some(kept) = scan_files(engine, url, files, spec).await? {
+            let ts = spec.timestamp_name();
+            let kept = kept
+                .filter(
+                    ident(ts)
+                        .lt(utc_literal(window.start))
+                        .or(ident(ts).gt_eq(utc_literal(window.end))),
+                )
+                .and_then(|df| {
+                    df.select(
+                        offline_columns(spec)
+                            .into_iter()
+                            .chain([day_expr(spec)])
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .and_then(|kept| rows.union(kept))
+                .context(|| format!("cannot plan rewriting the days of {url} around the window"))?;
+            rows = kept;
+        }
+    }
     let prefix = format!("{}-{txn_version}-{now}", sanitize(app_id));
     let writer = PartWriterNode::try_new(
         rows.into_unoptimized_plan(),
@@ -284,7 +308,6 @@ pub async fn materialize_task(
         }
     };
 
-    let window_days = days(window);
     let mut actions: Vec<Action> = Vec::new();
     let millis = now / 1000;
     let mut total = 0u64;
@@ -419,6 +442,87 @@ fn deduplicated(frame: DataFrame, spec: &FeatureSetSpec) -> Result<DataFrame> {
         .context(|| "cannot plan deduplication".to_string())
 }
 
+/// The partition column's value: the UTC date of the feature timestamp as YYYY-MM-DD, by casts
+/// alone (no function the executors must know).
+fn day_expr(spec: &FeatureSetSpec) -> Expr {
+    cast(
+        cast(ident(spec.timestamp_name()), DataType::Date32),
+        DataType::Utf8,
+    )
+    .alias(DAY)
+}
+
+/// The stored columns but the partition: index columns, timestamp, features, creation time.
+fn offline_columns(spec: &FeatureSetSpec) -> Vec<Expr> {
+    let mut columns: Vec<Expr> = spec.index_names().into_iter().map(ident).collect();
+    columns.push(ident(spec.timestamp_name()));
+    columns.extend(spec.features.iter().map(|f| ident(&f.name)));
+    columns.push(ident(CREATE_TIMESTAMP));
+    columns
+}
+
+fn utc_literal(micros: i64) -> Expr {
+    lit(ScalarValue::TimestampMicrosecond(
+        Some(micros),
+        Some("UTC".into()),
+    ))
+}
+
+/// The data files of a snapshot in the days `first..=last` (`YYYY-MM-DD`).
+fn snapshot_files(
+    snapshot: &deltalake::table::state::DeltaTableState,
+    url: &Url,
+    first: &str,
+    last: &str,
+) -> Result<Vec<datafusion::datasource::listing::ListingTableUrl>> {
+    let mut files = Vec::new();
+    for f in snapshot.log_data().iter() {
+        let day = f.partition_values_map().get(DAY).cloned().flatten();
+        if day.is_some_and(|d| d.as_str() >= first && d.as_str() <= last) {
+            let file = url.join(&f.path()).map_err(|e| {
+                JobsError::InvalidInput(format!("offline store {url}: bad file path: {e}"))
+            })?;
+            files.push(
+                datafusion::datasource::listing::ListingTableUrl::parse(file.as_str())
+                    .context(|| format!("offline store {url}"))?,
+            );
+        }
+    }
+    Ok(files)
+}
+
+/// The stored rows of `files` (index columns, timestamp, features, creation time); `None` for
+/// no file. The files are scanned as plain parquet, so executors need no Delta reader.
+async fn scan_files(
+    engine: &Engine,
+    url: &Url,
+    files: Vec<datafusion::datasource::listing::ListingTableUrl>,
+    spec: &FeatureSetSpec,
+) -> Result<Option<DataFrame>> {
+    let Some(first) = files.first() else {
+        return Ok(None);
+    };
+    let ctx = engine.session();
+    let state = ctx.state();
+    let options = datafusion::datasource::listing::ListingOptions::new(Arc::new(
+        datafusion::datasource::file_format::parquet::ParquetFormat::default()
+            .with_options(state.table_options().parquet.clone()),
+    ));
+    let schema = options
+        .infer_schema(&state, first)
+        .await
+        .context(|| format!("cannot read the offline store {url}"))?;
+    let config = datafusion::datasource::listing::ListingTableConfig::new_with_multi_paths(files)
+        .with_listing_options(options)
+        .with_schema(schema);
+    let table = datafusion::datasource::listing::ListingTable::try_new(config)
+        .context(|| format!("cannot read the offline store {url}"))?;
+    ctx.read_table(Arc::new(table))
+        .and_then(|df| df.select(offline_columns(spec)))
+        .context(|| format!("cannot read the offline store {url}"))
+        .map(Some)
+}
+
 /// The materialized rows of `range` (index columns, timestamp, features, creation time), read
 /// from only the day partitions the range touches; `None` when no day in range has any.
 pub async fn read_range(
@@ -427,72 +531,28 @@ pub async fn read_range(
     spec: &FeatureSetSpec,
     range: TimeRange,
 ) -> Result<Option<DataFrame>> {
-    let ctx = engine.session();
-    let ts = spec.timestamp_name();
-    let mut columns: Vec<Expr> = spec.index_names().into_iter().map(ident).collect();
-    columns.push(ident(ts));
-    columns.extend(spec.features.iter().map(|f| ident(&f.name)));
-    columns.push(ident(CREATE_TIMESTAMP));
     // Reading never creates a table: none yet means nothing materialized.
     let table = match load(engine, url).await? {
         Loaded::Table(table) => table,
         Loaded::Missing(_) => return Ok(None),
     };
-    let files = {
-        let err = delta_error(url);
-        let first =
-            format_instant(range.start.div_euclid(DAY_MICROS) * DAY_MICROS)[..10].to_string();
-        let last = format_instant(range.end.saturating_sub(1))[..10].to_string();
-        let snapshot = table.snapshot().map_err(&err)?;
-        let mut files = Vec::new();
-        for f in snapshot.log_data().iter() {
-            let day = f.partition_values_map().get(DAY).cloned().flatten();
-            if day.is_some_and(|d| d >= first && d <= last) {
-                let file = url.join(&f.path()).map_err(|e| {
-                    JobsError::InvalidInput(format!("offline store {url}: bad file path: {e}"))
-                })?;
-                files.push(
-                    datafusion::datasource::listing::ListingTableUrl::parse(file.as_str())
-                        .context(|| format!("offline store {url}"))?,
-                );
-            }
-        }
-        files
-    };
-    let bound = |micros: i64| {
-        lit(ScalarValue::TimestampMicrosecond(
-            Some(micros),
-            Some("UTC".into()),
-        ))
-    };
-    if files.is_empty() {
+    let first = format_instant(range.start.div_euclid(DAY_MICROS) * DAY_MICROS)[..10].to_string();
+    let last = format_instant(range.end.saturating_sub(1))[..10].to_string();
+    let files = snapshot_files(
+        table.snapshot().map_err(delta_error(url))?,
+        url,
+        &first,
+        &last,
+    )?;
+    let Some(frame) = scan_files(engine, url, files, spec).await? else {
         return Ok(None);
-    }
-    let frame = {
-        let state = ctx.state();
-        let options = datafusion::datasource::listing::ListingOptions::new(Arc::new(
-            datafusion::datasource::file_format::parquet::ParquetFormat::default()
-                .with_options(state.table_options().parquet.clone()),
-        ));
-        let schema = options
-            .infer_schema(&state, &files[0])
-            .await
-            .context(|| format!("cannot read the offline store {url}"))?;
-        let config =
-            datafusion::datasource::listing::ListingTableConfig::new_with_multi_paths(files)
-                .with_listing_options(options)
-                .with_schema(schema);
-        let table = datafusion::datasource::listing::ListingTable::try_new(config)
-            .context(|| format!("cannot read the offline store {url}"))?;
-        ctx.read_table(Arc::new(table))
-            .and_then(|df| df.select(columns))
-            .context(|| format!("cannot read the offline store {url}"))?
     };
+    let ts = spec.timestamp_name();
     frame
         .filter(
             ident(ts)
-                .gt_eq(bound(range.start))
-                .and(ident(ts).lt(bound(range.end))),
+                .gt_eq(utc_literal(range.start))
+                .and(ident(ts).lt(utc_literal(range.end))),
         )
         .context(|| format!("cannot read the offline store {url}"))
         .map(Some)

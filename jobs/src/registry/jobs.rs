@@ -114,11 +114,18 @@ pub type StateCounts = Vec<(String, i64)>;
 /// Job kinds.
 pub const BACKFILL: &str = "backfill";
 pub const RETRIEVAL: &str = "retrieval";
+/// A materialization triggered by a feature set's schedule: run like a backfill.
+pub const SCHEDULED: &str = "scheduled";
+
+/// Whether jobs of `kind` materialize windows of a feature set (and own their statuses).
+pub fn is_materialization(kind: &str) -> bool {
+    kind == BACKFILL || kind == SCHEDULED
+}
 
 #[derive(Debug, Clone)]
 pub struct JobInfo {
     pub id: JobId,
-    /// [`BACKFILL`] or [`RETRIEVAL`].
+    /// [`BACKFILL`], [`SCHEDULED`] or [`RETRIEVAL`].
     pub kind: String,
     /// The feature set a backfill materializes; empty name for a retrieval.
     pub feature_set: FeatureSetRef,
@@ -213,40 +220,16 @@ impl Registry {
         tasks: &[TimeRange],
         request: Option<&str>,
     ) -> Result<JobId> {
-        let id = JobId::generate(BACKFILL);
         let context = format!("creating backfill job for {r}");
         let tx = self
             .write_transaction()
             .map_err(db_error(context.clone()))?;
-        let mut timeline = load_timeline(&tx, r)?;
-        for t in tasks {
-            if let Some(p) = timeline
-                .within(*t)
-                .iter()
-                .find(|i| i.status == DataStatus::Pending)
-            {
-                return Err(JobsError::InvalidInput(format!(
+        let id =
+            insert_materialization_job(&tx, BACKFILL, r, window, tasks, request)?.map_err(|p| {
+                JobsError::InvalidInput(format!(
                     "{p} of {r} was claimed by another job a moment ago; run the backfill again"
-                )));
-            }
-        }
-        let stamp = now();
-        tx.execute(
-            "INSERT INTO jobs (id, kind, feature_set, feature_set_version, start_us, end_us, state, created_at, updated_at, request)
-             VALUES (?1, 'backfill', ?2, ?3, ?4, ?5, 'queued', ?6, ?6, ?7)",
-            params![id.as_str(), r.name, r.version, window.start, window.end, stamp, request],
-        )
-        .map_err(db_error(context.clone()))?;
-        for (i, t) in tasks.iter().enumerate() {
-            tx.execute(
-                "INSERT INTO tasks (job_id, idx, start_us, end_us, state, attempts, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5)",
-                params![id.as_str(), i as i64, t.start, t.end, stamp],
-            )
-            .map_err(db_error(context.clone()))?;
-            timeline.set(*t, DataStatus::Pending);
-        }
-        store_timeline(&tx, r, &timeline)?;
+                ))
+            })?;
         tx.commit().map_err(db_error(context))?;
         Ok(id)
     }
@@ -508,7 +491,7 @@ impl Registry {
         let tx = self
             .write_transaction()
             .map_err(db_error(context.clone()))?;
-        if info.kind == BACKFILL {
+        if is_materialization(&info.kind) {
             let mut timeline = load_timeline(&tx, &info.feature_set)?;
             for t in &reopened {
                 if let Some(p) = timeline
@@ -761,6 +744,49 @@ fn current_attempt(conn: &rusqlite::Connection, job: &JobId, index: i64) -> rusq
     )
 }
 
+/// Records a materialization job of `kind` over `tasks`, marking their windows Pending, inside
+/// the caller's transaction. `Ok(Err(interval))` when part of a task's window is already
+/// Pending (held by another job): nothing is written then.
+pub(super) fn insert_materialization_job(
+    tx: &rusqlite::Transaction<'_>,
+    kind: &str,
+    r: &FeatureSetRef,
+    window: TimeRange,
+    tasks: &[TimeRange],
+    request: Option<&str>,
+) -> Result<std::result::Result<JobId, Interval>> {
+    let id = JobId::generate(kind);
+    let context = format!("creating {kind} job for {r}");
+    let mut timeline = load_timeline(tx, r)?;
+    for t in tasks {
+        if let Some(p) = timeline
+            .within(*t)
+            .into_iter()
+            .find(|i| i.status == DataStatus::Pending)
+        {
+            return Ok(Err(p));
+        }
+    }
+    let stamp = now();
+    tx.execute(
+        "INSERT INTO jobs (id, kind, feature_set, feature_set_version, start_us, end_us, state, created_at, updated_at, request)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7, ?8)",
+        params![id.as_str(), kind, r.name, r.version, window.start, window.end, stamp, request],
+    )
+    .map_err(db_error(context.clone()))?;
+    for (i, t) in tasks.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO tasks (job_id, idx, start_us, end_us, state, attempts, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5)",
+            params![id.as_str(), i as i64, t.start, t.end, stamp],
+        )
+        .map_err(db_error(context.clone()))?;
+        timeline.set(*t, DataStatus::Pending);
+    }
+    store_timeline(tx, r, &timeline)?;
+    Ok(Ok(id))
+}
+
 fn end_attempt(
     conn: &rusqlite::Connection,
     job: &JobId,
@@ -815,7 +841,7 @@ fn end_unfinished_tasks(
         params![job.as_str(), state.name(), error, now()],
     )
     .map_err(db_error(context.clone()))?;
-    if kind == BACKFILL && !windows.is_empty() {
+    if is_materialization(kind) && !windows.is_empty() {
         let mut timeline = load_timeline(tx, r)?;
         for w in windows {
             timeline.set(w, DataStatus::Incomplete);

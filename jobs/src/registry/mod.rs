@@ -11,6 +11,7 @@
 mod jobs;
 mod models;
 mod refs;
+mod schedules;
 mod schema;
 
 use std::collections::BTreeMap;
@@ -18,9 +19,12 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub use jobs::{BACKFILL, JobId, JobInfo, RETRIEVAL, RunState, TaskInfo};
+pub use jobs::{
+    BACKFILL, JobId, JobInfo, RETRIEVAL, RunState, SCHEDULED, TaskInfo, is_materialization,
+};
 pub use models::ModelInfo;
 pub use refs::{EntityRef, FeatureSetRef, ModelRef};
+pub use schedules::{ScheduleInfo, Submitted, TriggerInfo, TriggerState};
 
 use crate::error::{JobsError, Result};
 use crate::source::resolve_path;
@@ -305,19 +309,22 @@ impl Registry {
     pub fn create_feature_set(&mut self, asset_file: &Path) -> Result<(FeatureSetRef, Created)> {
         let asset = FeatureSetAsset::load(asset_file)?;
         let r = FeatureSetRef::new(&asset.name, &asset.version);
-        if let Some(schedule) = asset
-            .materialization_settings
-            .as_ref()
-            .and_then(|m| m.schedule.as_ref())
+        if let Some(m) = &asset.materialization_settings
+            && let Some(schedule) = &m.schedule
         {
             // A schedule that could never trigger is refused now, not at its first trigger.
-            crate::schedule::Schedule::from_recurrence(
-                schedule,
-                &format!(
-                    "{}: materialization_settings.schedule",
-                    asset_file.display()
-                ),
-            )?;
+            let field = format!(
+                "{}: materialization_settings.schedule",
+                asset_file.display()
+            );
+            crate::schedule::Schedule::from_recurrence(schedule, &field)?;
+            if !m.offline_enabled {
+                return Err(JobsError::InvalidInput(format!(
+                    "{field}: a schedule materializes into the offline store, but \
+                     offline_enabled is false; set materialization_settings.offline_enabled: true \
+                     or remove the schedule"
+                )));
+            }
         }
         let base = asset_file.parent().unwrap_or(Path::new("."));
         let spec_path = base.join(&asset.specification.path);
@@ -480,6 +487,14 @@ impl Registry {
             &asset.tags,
             context,
         )?;
+        if let Some(schedule) = asset
+            .materialization_settings
+            .as_ref()
+            .and_then(|m| m.schedule.as_ref())
+        {
+            let def = crate::schedule::ScheduleDef::from_recurrence(schedule);
+            schedules::upsert_schedule(&tx, r, &def, context)?;
+        }
         tx.commit().map_err(db_error(context))
     }
 

@@ -132,4 +132,29 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         PRIMARY KEY (job_id, idx, attempt)
     );",
     ),
+    (
+        6,
+        // Materialization schedules and the triggers they fired (see registry/schedules.rs).
+        "CREATE TABLE schedules (
+        feature_set TEXT NOT NULL,
+        feature_set_version TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        enabled INTEGER NOT NULL,
+        cursor_us INTEGER,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (feature_set, feature_set_version)
+    );
+    CREATE TABLE schedule_triggers (
+        feature_set TEXT NOT NULL,
+        feature_set_version TEXT NOT NULL,
+        trigger_us INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        job_id TEXT,
+        start_us INTEGER NOT NULL,
+        end_us INTEGER NOT NULL,
+        skipped INTEGER NOT NULL,
+        recorded_at TEXT NOT NULL,
+        PRIMARY KEY (feature_set, feature_set_version, trigger_us)
+    );",
+    ),
 ];

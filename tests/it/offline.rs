@@ -117,7 +117,7 @@ async fn read_delta(url: &url::Url) -> (Vec<RecordBatch>, u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn windows_materialized_whole_or_by_day_read_back_as_computed_and_commit_once() {
+async fn windows_materialized_whole_by_day_or_in_parts_read_back_as_computed_and_commit_once() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let spec_dir = example_transactions(root);
@@ -206,20 +206,39 @@ async fn windows_materialized_whole_or_by_day_read_back_as_computed_and_commit_o
     assert_ne!(a.version, b.version);
     assert_close(&rows(&read_delta(&by_day).await.0, &columns), &expected);
 
-    // Windows are whole days.
+    // A window of parts of days (01:00 on day 0 to 02:00 on day 1) replaces exactly itself:
+    // the rest of both days is written again as it was, and only the window's rows count.
+    let part = TimeRange {
+        start: start + 3_600_000_000,
+        end: start + DAY_US + 2 * 3_600_000_000,
+    };
+    let in_part: usize = sample(&engine, &loaded, part, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert!(in_part > 0);
+    let partial = materialize_task(&engine, &whole, &loaded, part, "job-4:0", 1)
+        .await
+        .unwrap();
+    assert!(partial.replaced >= 2, "{partial:?}");
+    assert_eq!(partial.rows as usize, in_part, "{partial:?}");
+    assert_close(&rows(&read_delta(&whole).await.0, &columns), &expected);
+    // An empty window is refused.
     let error = materialize_task(
         &engine,
         &whole,
         &loaded,
         TimeRange {
-            start: start + 3_600_000_000,
-            end: start + DAY_US,
+            start: part.end,
+            end: part.end,
         },
-        "job-4:0",
+        "job-7:0",
         1,
     )
     .await
     .unwrap_err()
     .to_string();
-    assert!(error.contains("whole UTC days"), "{error}");
+    assert!(error.contains("must not be empty"), "{error}");
 }

@@ -44,6 +44,9 @@ pub const DAY: &str = "day";
 /// When the row was written.
 pub const CREATE_TIMESTAMP: &str = "create_timestamp";
 const DAY_MICROS: i64 = 86_400_000_000;
+/// A tally column of the writer (counted, not written): true for the window's rows, false for
+/// the rows of its days kept from before.
+const NEW_ROW: &str = "__almanac_new_row";
 
 /// The table of a feature set version under the offline store root (a folder URL).
 pub fn table_url(root: &Url, r: &FeatureSetRef) -> Result<Url> {
@@ -173,6 +176,8 @@ async fn load(engine: &Engine, url: &Url) -> Result<Loaded> {
 /// What a task's commit did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskCommit {
+    /// Rows of the window written (not counting the rows of its days outside it that a window
+    /// of part of a day writes again).
     pub rows: u64,
     pub files: usize,
     /// Files of earlier commits the window replaced.
@@ -182,7 +187,6 @@ pub struct TaskCommit {
     pub version: Option<u64>,
 }
 
-/// The days `[start, end)` covers, as partition values.
 /// The UTC days (`YYYY-MM-DD`) a window touches.
 fn days(window: TimeRange) -> Vec<String> {
     let mut out = Vec::new();
@@ -247,6 +251,7 @@ pub async fn materialize_task(
         .alias(CREATE_TIMESTAMP),
     );
     select.push(day_expr(spec));
+    select.push(lit(true).alias(NEW_ROW));
     let mut rows = frame
         .select(select)
         .context(|| format!("cannot plan materializing {}", loaded.file.display()))?;
@@ -270,7 +275,7 @@ pub async fn materialize_task(
                     df.select(
                         offline_columns(spec)
                             .into_iter()
-                            .chain([day_expr(spec)])
+                            .chain([day_expr(spec), lit(false).alias(NEW_ROW)])
                             .collect::<Vec<_>>(),
                     )
                 })
@@ -288,7 +293,7 @@ pub async fn materialize_task(
                 column: DAY.to_string(),
                 file_prefix: prefix,
             },
-            tally_columns: vec![],
+            tally_columns: vec![NEW_ROW.to_string()],
         },
     )
     .context(|| "cannot plan writing the offline store".to_string())?;
@@ -316,9 +321,9 @@ pub async fn materialize_task(
         use datafusion::arrow::array::AsArray;
         use datafusion::arrow::datatypes::UInt64Type;
         let names = batch.column(0).as_string::<i32>();
-        let counts = batch.column(1).as_primitive::<UInt64Type>();
         let sizes = batch.column(2).as_primitive::<UInt64Type>();
         let parts = batch.column(3).as_string::<i32>();
+        let new_rows = batch.column(4).as_primitive::<UInt64Type>();
         for i in 0..batch.num_rows() {
             let day = parts.value(i).to_string();
             if !window_days.contains(&day) {
@@ -328,7 +333,7 @@ pub async fn materialize_task(
                     format_instant(window.end)
                 )));
             }
-            total += counts.value(i);
+            total += new_rows.value(i);
             files += 1;
             actions.push(Action::Add(Add {
                 path: names.value(i).to_string(),

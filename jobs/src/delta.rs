@@ -30,6 +30,7 @@ pub(crate) async fn data_file_urls(
         uri: location.display.clone(),
         source: Box::new(e),
     };
+    crate::storage::register_delta_log_stores();
     let table = DeltaTableBuilder::from_url(table_url.clone())
         .map_err(delta_err)?
         .with_storage_backend(store, table_url)

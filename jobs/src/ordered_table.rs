@@ -14,9 +14,7 @@ use datafusion::common::Result as DfResult;
 use datafusion::common::config::TableOptions;
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::TableType;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::logical_expr::{
     Expr, Partitioning as LogicalPartitioning, TableProviderFilterPushDown,
 };
@@ -50,7 +48,7 @@ impl OrderedFileTable {
         let listing = ListingOptions::new(format_with(kind, options))
             .with_file_extension(extension)
             .with_output_partitioning(Some(partitioning));
-        let config = ListingTableConfig::new(ListingTableUrl::parse(url)?)
+        let config = ListingTableConfig::new(crate::storage::listing_url(url)?)
             .with_listing_options(listing)
             .with_schema(schema);
         Ok(OrderedFileTable {

@@ -134,8 +134,8 @@ pub(crate) async fn locate(
     } else if resolved.ends_with('/') {
         extension = ext.to_string();
     }
-    let url =
-        ListingTableUrl::parse(&url_text).map_err(|e| source_error(&display, e.to_string()))?;
+    let url = crate::storage::listing_url(&url_text)
+        .map_err(|e| source_error(&display, e.to_string()))?;
     if spec.kind == SourceKind::Delta {
         return Ok(SourceLocation {
             display,

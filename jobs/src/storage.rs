@@ -114,9 +114,84 @@ impl ObjectStoreRegistry for AlmanacObjectStores {
     }
 }
 
+/// A listing URL for a local path or an object-store URL, with a glob in either. DataFusion
+/// splits globs off local paths only; for `s3://bucket/data/*.parquet` the part from the
+/// first segment with a glob character on is made the listing's glob here.
+pub fn listing_url(text: &str) -> Result<datafusion::datasource::listing::ListingTableUrl> {
+    use datafusion::datasource::listing::ListingTableUrl;
+    let is_url = text.contains("://") && !std::path::Path::new(text).is_absolute();
+    let glob_at = text.find(['*', '?', '[']);
+    match (is_url, glob_at) {
+        (true, Some(at)) => {
+            let split = text[..at].rfind('/').map_or(0, |i| i + 1);
+            let (base, glob) = text.split_at(split);
+            ListingTableUrl::parse(base)?.with_glob(glob)
+        }
+        _ => ListingTableUrl::parse(text),
+    }
+}
+
+/// Object-store schemes whose Delta tables commit through delta-rs' default log store.
+const DELTA_SCHEMES: [&str; 8] = ["s3", "s3a", "az", "abfs", "abfss", "azure", "adl", "gs"];
+
+/// Lets delta-rs keep Delta tables on every object store Almanac reaches. Almanac hands
+/// delta-rs its own store for each table (so credentials come from the same place as for
+/// sources); delta-rs still wants a log store for the URL's scheme, and its built-in ones
+/// cover only local files unless its per-cloud crates are linked. The default log store
+/// commits a version by creating its log file with a conditional put (`If-None-Match: *`,
+/// supported by S3, Azure Blob Storage and GCS), so two writers cannot both commit a version:
+/// the loser sees a conflict and retries on the new state. Idempotent.
+pub fn register_delta_log_stores() {
+    use deltalake::logstore::{
+        LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore,
+        logstore_factories,
+    };
+
+    struct ConditionalPutLogStore;
+    impl LogStoreFactory for ConditionalPutLogStore {
+        fn with_options(
+            &self,
+            prefixed_store: ObjectStoreRef,
+            root_store: ObjectStoreRef,
+            location: &Url,
+            options: &StorageConfig,
+        ) -> deltalake::DeltaResult<Arc<dyn LogStore>> {
+            Ok(default_logstore(
+                prefixed_store,
+                root_store,
+                location,
+                options,
+            ))
+        }
+    }
+
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let factories = logstore_factories();
+        for scheme in DELTA_SCHEMES {
+            let url = Url::parse(&format!("{scheme}://")).expect("a scheme URL parses");
+            factories
+                .entry(url)
+                .or_insert_with(|| Arc::new(ConditionalPutLogStore));
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_store_globs_list_their_base_and_filter_by_the_rest() {
+        let url = listing_url("s3://bucket/data/part-*/x*.parquet").unwrap();
+        assert_eq!(url.as_str(), "s3://bucket/data/");
+        assert_eq!(
+            url.get_glob().as_ref().map(|g| g.as_str()),
+            Some("part-*/x*.parquet")
+        );
+        let plain = listing_url("s3://bucket/data/").unwrap();
+        assert!(plain.get_glob().is_none());
+    }
 
     #[test]
     fn stores_are_keyed_by_bucket() {

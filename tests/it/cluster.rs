@@ -45,10 +45,22 @@ pub(crate) struct Service {
 
 impl Service {
     pub(crate) fn spawn(name: &str, exe: &str, args: &[String], log: PathBuf) -> Service {
+        Service::spawn_with_env(name, exe, args, log, &[])
+    }
+
+    /// [`Service::spawn`] with more environment variables.
+    pub(crate) fn spawn_with_env(
+        name: &str,
+        exe: &str,
+        args: &[String],
+        log: PathBuf,
+        env: &[(String, String)],
+    ) -> Service {
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(exe)
             .args(args)
             .env("RUST_LOG", LOG_FILTER)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .stdin(Stdio::null())
@@ -108,6 +120,8 @@ pub(crate) struct Cluster {
     pub(crate) scheduler: Option<Service>,
     executors: Vec<Service>,
     starts: usize,
+    /// Environment of every service started (object-store endpoints and credentials).
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -121,6 +135,16 @@ impl Cluster {
 
     /// Starts a scheduler over `home` with `extra` flags, schedules on.
     pub(crate) fn start_scheduling(dir: &Path, home: &Path, extra: &[&str]) -> Cluster {
+        Cluster::start_with_env(dir, home, extra, &[])
+    }
+
+    /// Starts a scheduler whose services (it and its executors) get `env` too.
+    pub(crate) fn start_with_env(
+        dir: &Path,
+        home: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Cluster {
         std::fs::create_dir_all(dir).unwrap();
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
@@ -132,6 +156,7 @@ impl Cluster {
             scheduler: None,
             executors: Vec::new(),
             starts: 0,
+            env: env.to_vec(),
         };
         cluster.start_scheduler();
         cluster
@@ -161,7 +186,13 @@ impl Cluster {
         ];
         args.extend(self.scheduler_args.iter().cloned());
         let log = self.dir.join(format!("scheduler-{}.log", self.starts));
-        self.scheduler = Some(Service::spawn("scheduler", SCHEDULER, &args, log));
+        self.scheduler = Some(Service::spawn_with_env(
+            "scheduler",
+            SCHEDULER,
+            &args,
+            log,
+            &self.env,
+        ));
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(self.api()).is_err() {
             assert!(
@@ -198,11 +229,12 @@ impl Cluster {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = self.dir.join(format!("executor-{n}.log"));
-        self.executors.push(Service::spawn(
+        self.executors.push(Service::spawn_with_env(
             &format!("executor {n}"),
             EXECUTOR,
             &args,
             log,
+            &self.env,
         ));
         n
     }
@@ -452,7 +484,7 @@ pub(crate) fn committed_task_ids(home: &Path, job: &str) -> HashMap<String, usiz
 }
 
 /// Every file of a retrieval output, by relative path.
-fn output_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn output_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files = Vec::new();
     for sub in ["", "data"] {
         for entry in std::fs::read_dir(dir.join(sub)).unwrap() {

@@ -145,6 +145,7 @@ enum Loaded {
 
 /// Loads the table at `url` without creating anything.
 async fn load(engine: &Engine, url: &Url) -> Result<Loaded> {
+    crate::storage::register_delta_log_stores();
     let ctx = engine.session();
     let listing = datafusion::datasource::listing::ListingTableUrl::parse(url.as_str())
         .context(|| format!("offline store {url}"))?;

@@ -1,0 +1,323 @@
+//! Sources and the offline store on object storage: an S3-compatible server (moto's, from
+//! PyPI) and Azure's emulator (Azurite, from npm), both real servers on loopback, started by
+//! the test. A scheduler and two executors backfill and retrieve with everything in the store;
+//! the results equal an embedded run on local files. `.ci/run` installs both servers.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::cluster::{Cluster, Service, example_store, free_port, output_files};
+use crate::common::{ok, run_cli};
+
+const BUCKET: &str = "almanac";
+/// Azurite's well-known development account key (public, documented by Microsoft).
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+/// The S3 secret the test's services use; checked never to appear in a log.
+const S3_SECRET: &str = "almanac-test-secret-8f3e2a";
+
+/// A storage server for one test.
+struct Store {
+    _server: Service,
+    /// Environment for Almanac's services.
+    env: Vec<(String, String)>,
+    /// Where the test's files go: `s3://almanac/` or `az://almanac/`.
+    root: String,
+    /// Python (boto3 / azure-storage-blob / deltalake) snippets' setup for this store.
+    python_setup: String,
+}
+
+fn wait_port(port: u16, server: &Service) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the storage server did not start:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn python(code: &str, env: &[(String, String)]) -> String {
+    let out = Command::new("python3")
+        .args(["-c", code])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn start_s3(dir: &Path) -> Store {
+    let port = free_port();
+    let server = Service::spawn(
+        "moto S3 server",
+        "moto_server",
+        &[
+            "-H".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ],
+        dir.join("s3.log"),
+    );
+    wait_port(port, &server);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let env: Vec<(String, String)> = [
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "almanac-test-key"),
+        ("AWS_SECRET_ACCESS_KEY", S3_SECRET),
+        ("AWS_REGION", "us-east-1"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let python_setup = format!(
+        "import boto3, os\n\
+         s3 = boto3.client('s3', endpoint_url='{endpoint}', aws_access_key_id='almanac-test-key', \
+         aws_secret_access_key='{S3_SECRET}', region_name='us-east-1')\n\
+         def make(): s3.create_bucket(Bucket='{BUCKET}')\n\
+         def put(local, key): s3.upload_file(local, '{BUCKET}', key)\n\
+         opts = {{'AWS_ENDPOINT_URL': '{endpoint}', 'AWS_ALLOW_HTTP': 'true', \
+         'AWS_ACCESS_KEY_ID': 'almanac-test-key', 'AWS_SECRET_ACCESS_KEY': '{S3_SECRET}', \
+         'AWS_REGION': 'us-east-1', 'AWS_S3_ALLOW_UNSAFE_RENAME': 'true'}}\n"
+    );
+    Store {
+        _server: server,
+        env,
+        root: format!("s3://{BUCKET}/"),
+        python_setup,
+    }
+}
+
+fn start_azurite(dir: &Path) -> Store {
+    let port = free_port();
+    let data = dir.join("azurite");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Service::spawn(
+        "Azurite",
+        "azurite-blob",
+        &[
+            "--blobHost".into(),
+            "127.0.0.1".into(),
+            "--blobPort".into(),
+            port.to_string(),
+            "--location".into(),
+            data.display().to_string(),
+            "--skipApiVersionCheck".into(),
+            "--loose".into(),
+        ],
+        dir.join("azurite.log"),
+    );
+    wait_port(port, &server);
+    let url = format!("http://127.0.0.1:{port}");
+    let env = vec![
+        ("AZURE_STORAGE_USE_EMULATOR".to_string(), "true".to_string()),
+        ("AZURITE_BLOB_STORAGE_URL".to_string(), url.clone()),
+    ];
+    let python_setup = format!(
+        "from azure.storage.blob import BlobServiceClient\n\
+         client = BlobServiceClient.from_connection_string('DefaultEndpointsProtocol=http;\
+         AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};\
+         BlobEndpoint={url}/devstoreaccount1;')\n\
+         def make(): client.create_container('{BUCKET}')\n\
+         def put(local, key):\n    \
+             with open(local, 'rb') as f: client.get_blob_client('{BUCKET}', key).upload_blob(f)\n\
+         opts = {{'AZURE_STORAGE_USE_EMULATOR': 'true', 'AZURE_STORAGE_ALLOW_HTTP': 'true'}}\n"
+    );
+    Store {
+        _server: server,
+        env,
+        root: format!("az://{BUCKET}/"),
+        python_setup,
+    }
+}
+
+/// Creates the bucket and uploads `local` (a folder) under `prefix`.
+fn upload(store: &Store, local: &Path, prefix: &str) {
+    let code = format!(
+        "{}\nmake()\nimport os\nroot = '{}'\n\
+         for d, _, files in os.walk(root):\n    \
+             for f in files:\n        \
+                 p = os.path.join(d, f)\n        \
+                 put(p, '{prefix}' + os.path.relpath(p, root))\n",
+        store.python_setup,
+        local.display()
+    );
+    python(&code, &store.env);
+}
+
+/// The rows of a Delta table (all columns but the write time), sorted, read by delta-rs'
+/// Python release: a reader built apart from Almanac.
+fn delta_rows(store: &Store, uri: &str, remote: bool) -> String {
+    let code = format!(
+        "{}\nfrom deltalake import DeltaTable\n\
+         t = DeltaTable('{uri}', storage_options=opts if {} else None).to_pyarrow_table()\n\
+         t = t.drop(['create_timestamp'])\n\
+         rows = sorted(str(r) for r in t.to_pylist())\n\
+         print(len(rows)); print('\\n'.join(rows))\n",
+        store.python_setup,
+        if remote { "True" } else { "False" }
+    );
+    python(&code, &store.env)
+}
+
+/// The example transactions set over sample data in the store; results compared with the same
+/// set over local files.
+fn backfill_and_retrieve_on(store: &Store, root: &Path) {
+    let (local, remote) = (root.join("local"), root.join("remote"));
+    example_store(root, 15, &[&local]);
+    upload(store, &root.join("data"), "data/");
+
+    // The same set registered with its source in the store, and its offline store there.
+    let sets = root.join("remote-sets/transactions");
+    std::fs::create_dir_all(sets.join("spec")).unwrap();
+    let from = root.join("featuresets/transactions");
+    std::fs::copy(
+        from.join("featureset_asset.yaml"),
+        sets.join("featureset_asset.yaml"),
+    )
+    .unwrap();
+    let spec = std::fs::read_to_string(from.join("spec/FeatureSetSpec.yaml")).unwrap();
+    let spec = spec.replace(
+        "../../../data/transactions/*.parquet",
+        &format!("{}data/transactions/*.parquet", store.root),
+    );
+    assert!(spec.contains(&store.root), "{spec}");
+    std::fs::write(sets.join("spec/FeatureSetSpec.yaml"), spec).unwrap();
+    let h = remote.to_str().unwrap();
+    let offline_root = format!("{}offline/", store.root);
+    let entity =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fraud/entities/account.yaml");
+    ok(&run_cli(&[
+        "--home",
+        h,
+        "--offline-root",
+        &offline_root,
+        "entity",
+        "create",
+        "--file",
+        entity.to_str().unwrap(),
+    ]));
+    ok(&run_cli(&[
+        "--home",
+        h,
+        "featureset",
+        "create",
+        "--file",
+        sets.join("featureset_asset.yaml").to_str().unwrap(),
+    ]));
+
+    // The reference: embedded, local files.
+    let (start, end) = ("2023-01-01", "2023-01-08");
+    ok(&run_cli(&[
+        "--home",
+        local.to_str().unwrap(),
+        "backfill",
+        "transactions:1",
+        "--start",
+        start,
+        "--end",
+        end,
+    ]));
+    let retrieve = |observations: &str, output: &Path| {
+        vec![
+            "retrieve".to_string(),
+            "--features".into(),
+            "transactions:1:transaction_7d_count,transactions:1:transaction_amount_3d_avg".into(),
+            "--observations".into(),
+            observations.to_string(),
+            "--timestamp-column".into(),
+            "timestamp".into(),
+            "--output".into(),
+            output.display().to_string(),
+            "--rows-per-file".into(),
+            "100".into(),
+        ]
+    };
+    let mut args = vec!["--home".to_string(), local.display().to_string()];
+    args.extend(retrieve(
+        root.join("data/observations/batch_inference")
+            .to_str()
+            .unwrap(),
+        &root.join("local-out"),
+    ));
+    ok(&run_cli(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+
+    // A scheduler and two executors, with everything in the store.
+    let mut cluster = Cluster::start_with_env(
+        &root.join("cluster"),
+        &remote,
+        &["--no-schedules"],
+        &store.env,
+    );
+    cluster.add_executor(2, &[]);
+    cluster.add_executor(2, &[]);
+    cluster.wait_active(2);
+    let out = ok(&cluster.cli(&[
+        "backfill",
+        "transactions:1",
+        "--start",
+        start,
+        "--end",
+        end,
+        "--wait",
+    ]));
+    assert!(
+        out.contains("succeeded") && out.contains("tasks 7/7"),
+        "{out}\n{}",
+        cluster.logs()
+    );
+    let args = retrieve(
+        &format!("{}data/observations/batch_inference/", store.root),
+        &root.join("remote-out"),
+    );
+    let out = ok(&cluster.cli(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    assert!(out.contains("retrieved"), "{out}");
+    let (a, b) = (
+        output_files(&root.join("local-out")),
+        output_files(&root.join("remote-out")),
+    );
+    assert!(a.len() > 2);
+    assert!(
+        a[1..] == b[1..],
+        "the retrieval over {} differs from the local one",
+        store.root
+    );
+
+    // The offline tables, read by another Delta reader, hold the same rows.
+    let local_table = local.join("offline/transactions/1");
+    let want = delta_rows(store, local_table.to_str().unwrap(), false);
+    let got = delta_rows(store, &format!("{offline_root}transactions/1"), true);
+    assert!(want.lines().count() > 100, "{want}");
+    assert_eq!(got, want);
+
+    // No credential in any log line.
+    for line in cluster.logs().lines() {
+        assert!(!line.contains(S3_SECRET), "a secret in a log line: {line}");
+    }
+}
+
+#[test]
+fn backfill_and_retrieval_on_an_s3_server_equal_local_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = start_s3(tmp.path());
+    backfill_and_retrieve_on(&store, tmp.path());
+}
+
+#[test]
+fn backfill_and_retrieval_on_azurite_equal_local_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = start_azurite(tmp.path());
+    backfill_and_retrieve_on(&store, tmp.path());
+}

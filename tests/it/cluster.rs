@@ -121,7 +121,7 @@ pub(crate) struct Cluster {
     executors: Vec<Service>,
     starts: usize,
     /// Environment of every service started (object-store endpoints and credentials).
-    env: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -253,6 +253,13 @@ impl Cluster {
                 .unwrap();
             call(&mut client).await
         })
+    }
+
+    /// SIGKILLs every executor.
+    pub(crate) fn kill_executors(&mut self) {
+        for e in &mut self.executors {
+            e.kill();
+        }
     }
 
     pub(crate) fn status(&self) -> api::ClusterStatusResponse {

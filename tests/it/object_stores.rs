@@ -172,7 +172,7 @@ fn delta_rows(store: &Store, uri: &str, remote: bool) -> String {
 
 /// The example transactions set over sample data in the store; results compared with the same
 /// set over local files.
-fn backfill_and_retrieve_on(store: &Store, root: &Path) {
+fn backfill_and_retrieve_on(store: &Store, root: &Path) -> Cluster {
     let (local, remote) = (root.join("local"), root.join("remote"));
     example_store(root, 15, &[&local]);
     upload(store, &root.join("data"), "data/");
@@ -303,9 +303,24 @@ fn backfill_and_retrieve_on(store: &Store, root: &Path) {
     assert_eq!(got, want);
 
     // No credential in any log line.
-    for line in cluster.logs().lines() {
+    for line in all_log_lines(&root.join("cluster")) {
         assert!(!line.contains(S3_SECRET), "a secret in a log line: {line}");
     }
+    cluster
+}
+
+/// Every line the services logged (whole files, not the tails failures show).
+fn all_log_lines(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            lines.extend(text.lines().map(str::to_string));
+        }
+    }
+    assert!(!lines.is_empty());
+    lines
 }
 
 #[test]
@@ -316,8 +331,56 @@ fn backfill_and_retrieval_on_an_s3_server_equal_local_files() {
 }
 
 #[test]
-fn backfill_and_retrieval_on_azurite_equal_local_files() {
+fn backfill_and_retrieval_on_azurite_equal_local_files_and_wrong_credentials_fail_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let store = start_azurite(tmp.path());
-    backfill_and_retrieve_on(&store, tmp.path());
+    let mut cluster = backfill_and_retrieve_on(&store, tmp.path());
+
+    // Executors with a wrong account key (Azurite checks signatures): their tasks fail, the
+    // job says which store refused and why, and the key is in no log line.
+    const WRONG_KEY: &str = "d3JvbmctYWxtYW5hYy1rZXktdGhhdC1tdXN0LW5vdC1sZWFr";
+    cluster.kill_executors();
+    cluster
+        .env
+        .push(("AZURE_STORAGE_ACCOUNT_KEY".into(), WRONG_KEY.into()));
+    cluster.add_executor(2, &[]);
+    cluster.wait_for("the old executors to leave", Duration::from_secs(60), |c| {
+        c.status()
+            .executors
+            .iter()
+            .filter(|e| e.status == "active")
+            .count()
+            == 1
+    });
+    let out = cluster.cli(&[
+        "backfill",
+        "transactions:1",
+        "--start",
+        "2023-01-02",
+        "--end",
+        "2023-01-03",
+        "--data-status",
+        "Complete",
+        "--wait",
+    ]);
+    assert!(!out.success, "{}", out.stdout);
+    let shown = format!("{}\n{}", out.stdout, out.stderr);
+    assert!(
+        shown.contains("devstoreaccount1/almanac") && shown.contains("403"),
+        "the error should name the store and the refusal:\n{shown}"
+    );
+    for line in all_log_lines(&tmp.path().join("cluster"))
+        .iter()
+        .map(String::as_str)
+        .chain(shown.lines())
+    {
+        assert!(
+            !line.contains(WRONG_KEY),
+            "a credential in a log line: {line}"
+        );
+        assert!(
+            !line.contains(AZURITE_KEY),
+            "a credential in a log line: {line}"
+        );
+    }
 }

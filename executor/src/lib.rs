@@ -49,33 +49,45 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "almanac-executor", version, about = "Almanac's executor")]
 pub struct ExecutorArgs {
+    /// A YAML file of flag values (keys are the flag names). Flags and environment variables
+    /// win over it.
+    #[arg(long, env = "ALMANAC_EXECUTOR_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
     /// The scheduler's executor endpoint, HOST:PORT (its --executor-bind).
     #[arg(long, env = "ALMANAC_EXECUTOR_SCHEDULER")]
     pub scheduler: String,
     /// Tasks this executor runs at once (default: the machine's cores).
-    #[arg(long)]
+    #[arg(long, env = "ALMANAC_EXECUTOR_SLOTS")]
     pub slots: Option<usize>,
     /// Folder for shuffle files and spills (default: a temporary folder).
-    #[arg(long)]
+    #[arg(long, env = "ALMANAC_EXECUTOR_WORK_DIR")]
     pub work_dir: Option<String>,
     /// Memory its tasks may use before operators spill, e.g. 2GiB (default: a share of the
     /// machine's or container's memory).
-    #[arg(long)]
+    #[arg(long, env = "ALMANAC_EXECUTOR_MEMORY_LIMIT")]
     pub memory_limit: Option<String>,
     /// Address to listen on for shuffle reads from other executors.
-    #[arg(long, default_value = "0.0.0.0")]
+    #[arg(long, default_value = "0.0.0.0", env = "ALMANAC_EXECUTOR_BIND_HOST")]
     pub bind_host: String,
     /// The host other executors and the scheduler reach this one at.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1",
+        env = "ALMANAC_EXECUTOR_ADVERTISE_HOST"
+    )]
     pub advertise_host: String,
     /// Port of the shuffle (Arrow Flight) service.
-    #[arg(long, default_value_t = 50051)]
+    #[arg(long, default_value_t = 50051, env = "ALMANAC_EXECUTOR_PORT")]
     pub port: u16,
     /// Port of its gRPC service.
-    #[arg(long, default_value_t = 50052)]
+    #[arg(long, default_value_t = 50052, env = "ALMANAC_EXECUTOR_GRPC_PORT")]
     pub grpc_port: u16,
     /// Seconds to keep retrying the first connection to the scheduler.
-    #[arg(long, default_value_t = 30)]
+    #[arg(
+        long,
+        default_value_t = 30,
+        env = "ALMANAC_EXECUTOR_CONNECT_TIMEOUT_SECS"
+    )]
     pub connect_timeout_secs: u16,
     #[arg(long, value_enum, default_value = "text", env = "ALMANAC_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -85,7 +97,8 @@ pub struct ExecutorArgs {
 }
 
 pub fn main() -> ExitCode {
-    let args = ExecutorArgs::parse();
+    let args = almanac_jobs::config::parse::<ExecutorArgs>("ALMANAC_EXECUTOR_CONFIG")
+        .unwrap_or_else(|e| e.exit());
     almanac_jobs::logging::init(
         args.log_format == LogFormat::Json,
         almanac_jobs::logging::DEFAULT_FILTER,

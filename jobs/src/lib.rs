@@ -10,6 +10,7 @@ pub mod backfill;
 pub mod bench;
 pub mod codec;
 pub mod compute;
+pub mod config;
 mod delta;
 pub mod engine;
 pub mod error;

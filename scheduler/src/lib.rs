@@ -43,47 +43,75 @@ pub enum LogFormat {
     about = "Almanac's scheduler service"
 )]
 pub struct SchedulerArgs {
+    /// A YAML file of flag values (keys are the flag names). Flags and environment variables
+    /// win over it.
+    #[arg(long, env = "ALMANAC_SCHEDULER_CONFIG")]
+    pub config: Option<PathBuf>,
     /// The feature store: registry database, jobs and (by default) the offline store.
     #[arg(long, env = "ALMANAC_HOME", default_value = ".almanac")]
     pub home: PathBuf,
     /// Where the job API listens (the `almanac --scheduler` address).
-    #[arg(long, default_value = "127.0.0.1:50061")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:50061",
+        env = "ALMANAC_SCHEDULER_BIND"
+    )]
     pub bind: SocketAddr,
     /// Where executors connect (Ballista's scheduler protocol).
-    #[arg(long, default_value = "0.0.0.0:50050")]
+    #[arg(
+        long,
+        default_value = "0.0.0.0:50050",
+        env = "ALMANAC_SCHEDULER_EXECUTOR_BIND"
+    )]
     pub executor_bind: SocketAddr,
     /// The host executors and this process use to reach the executor port.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1",
+        env = "ALMANAC_SCHEDULER_ADVERTISE_HOST"
+    )]
     pub advertise_host: String,
     /// Where /healthz, /readyz and /metrics are served.
-    #[arg(long, default_value = "127.0.0.1:9464")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9464",
+        env = "ALMANAC_SCHEDULER_HTTP_BIND"
+    )]
     pub http_bind: SocketAddr,
     /// Jobs running at once; more wait, queued, in submission order.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, env = "ALMANAC_SCHEDULER_MAX_RUNNING_JOBS")]
     pub max_running_jobs: usize,
     /// Tasks of one job running at once.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, env = "ALMANAC_SCHEDULER_PARALLEL_TASKS")]
     pub parallel_tasks: usize,
     /// Attempts per task before it fails for good.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, env = "ALMANAC_SCHEDULER_MAX_ATTEMPTS")]
     pub max_attempts: u32,
     /// Wait before a task's second attempt, in milliseconds; doubled for each later one.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(
+        long,
+        default_value_t = 1000,
+        env = "ALMANAC_SCHEDULER_RETRY_BACKOFF_MS"
+    )]
     pub retry_backoff_ms: u64,
     /// Seconds without a heartbeat after which an executor is lost and its work rerun.
-    #[arg(long, default_value_t = 30)]
+    #[arg(
+        long,
+        default_value_t = 30,
+        env = "ALMANAC_SCHEDULER_EXECUTOR_TIMEOUT_SECS"
+    )]
     pub executor_timeout_secs: u64,
     /// Partitions a query is split into.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, env = "ALMANAC_SCHEDULER_TARGET_PARTITIONS")]
     pub target_partitions: usize,
     #[arg(long, value_enum, default_value = "text", env = "ALMANAC_LOG_FORMAT")]
     pub log_format: LogFormat,
     /// Missed schedule triggers run after downtime, counted back from now; older ones are
     /// skipped (and listed in the log, and in `featureset show`).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, env = "ALMANAC_SCHEDULER_CATCH_UP_LIMIT")]
     pub catch_up_limit: usize,
     /// Trigger no schedule: run submitted jobs only (maintenance, or a second scheduler).
-    #[arg(long)]
+    #[arg(long, env = "ALMANAC_SCHEDULER_NO_SCHEDULES")]
     pub no_schedules: bool,
     /// Read the schedules' clock from this file (an RFC 3339 time, re-read every tick)
     /// instead of the system clock: for tests and drills.
@@ -99,7 +127,8 @@ pub struct SchedulerArgs {
 
 /// Runs the binary: parses flags, sets up logging, serves until SIGTERM or Ctrl-C.
 pub fn main() -> ExitCode {
-    let args = SchedulerArgs::parse();
+    let args = almanac_jobs::config::parse::<SchedulerArgs>("ALMANAC_SCHEDULER_CONFIG")
+        .unwrap_or_else(|e| e.exit());
     almanac_jobs::logging::init(
         args.log_format == LogFormat::Json,
         almanac_jobs::logging::DEFAULT_FILTER,

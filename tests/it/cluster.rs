@@ -57,8 +57,11 @@ impl Service {
         env: &[(String, String)],
     ) -> Service {
         let file = std::fs::File::create(&log).unwrap();
+        // In the log's folder: another test may have changed this process's folder and
+        // removed it, and a child started there fails (Node.js programs do at once).
         let child = Command::new(exe)
             .args(args)
+            .current_dir(log.parent().expect("a log file has a folder"))
             .env("RUST_LOG", LOG_FILTER)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(file.try_clone().unwrap())
@@ -1158,4 +1161,91 @@ fn registry_reads_through_the_scheduler_show_what_the_store_shows() {
         a.len() > 1 && a == b,
         "inference through the scheduler differs"
     );
+}
+
+#[test]
+fn services_start_from_a_config_file_and_refuse_a_bad_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (api, executors, http) = (free_port(), free_port(), free_port());
+    let scheduler_config = root.join("scheduler.yaml");
+    std::fs::write(
+        &scheduler_config,
+        format!(
+            "# Every key is a flag of almanac-scheduler.\nhome: {}\nbind: 127.0.0.1:{api}\n\
+             executor-bind: 127.0.0.1:{executors}\nhttp_bind: 127.0.0.1:{http}\n\
+             max_running_jobs: 2\nno_schedules: true\n",
+            root.join("store").display()
+        ),
+    )
+    .unwrap();
+    let config_flag = |file: &Path| vec!["--config".to_string(), file.display().to_string()];
+    let _scheduler = Service::spawn(
+        "scheduler",
+        SCHEDULER,
+        &config_flag(&scheduler_config),
+        root.join("scheduler.log"),
+    );
+    let executor_config = root.join("executor.yaml");
+    std::fs::write(
+        &executor_config,
+        format!(
+            "scheduler: 127.0.0.1:{executors}\nslots: 1\nwork_dir: {}\nbind_host: 127.0.0.1\n\
+             port: {}\ngrpc_port: {}\nmemory_limit: 256MiB\n",
+            root.join("work").display(),
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let _executor = Service::spawn(
+        "executor",
+        EXECUTOR,
+        &config_flag(&executor_config),
+        root.join("executor.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = run_cli(&[
+            "--scheduler",
+            &format!("127.0.0.1:{api}"),
+            "cluster",
+            "status",
+        ]);
+        if out.success && out.stdout.contains("active") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the configured cluster did not come up: {}{}\n{}\n{}",
+            out.stdout,
+            out.stderr,
+            std::fs::read_to_string(root.join("scheduler.log")).unwrap_or_default(),
+            std::fs::read_to_string(root.join("executor.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(http_get(http, "/healthz").contains("ok"));
+    assert!(root.join("work").is_dir());
+
+    // Bad configuration stops start-up, naming the file and what is wrong.
+    for (yaml, expected) in [
+        ("max_runing_jobs: 2\n", "unknown key 'max_runing_jobs'"),
+        ("max_running_jobs: lots\n", "'lots'"),
+        ("bind: [a, b]\n", "bind: expected a single value"),
+    ] {
+        let bad = root.join("bad.yaml");
+        std::fs::write(&bad, yaml).unwrap();
+        let out = Command::new(SCHEDULER)
+            .args(["--config", bad.to_str().unwrap()])
+            .current_dir(root)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{yaml} was accepted");
+        assert!(
+            stderr.contains(expected) && stderr.contains("bad.yaml"),
+            "{yaml}: {stderr}"
+        );
+    }
 }

@@ -43,6 +43,7 @@ fn wait_port(port: u16, server: &Service) {
 fn python(code: &str, env: &[(String, String)]) -> String {
     let out = Command::new("python3")
         .args(["-c", code])
+        .current_dir(std::env::temp_dir())
         .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("python3 runs");

@@ -487,15 +487,13 @@ fn now() -> i64 {
 
 /// The schedule `featureset schedule` asks for; `None` to disable.
 pub(crate) fn schedule_def(args: &crate::ScheduleArgs) -> Result<Option<ScheduleDef>, CliError> {
-    if args.disable {
-        return Ok(None);
-    }
-    Ok(Some(ScheduleDef::from_flags(
+    Ok(ScheduleDef::requested(
+        args.disable,
         args.every.as_deref(),
         args.cron.as_deref(),
         args.start.as_deref(),
         args.time_zone.as_deref(),
-    )?))
+    )?)
 }
 
 /// `almanac serve`: the trigger loop and a job manager for scheduled jobs, in this process. It
@@ -507,7 +505,7 @@ pub(crate) async fn serve(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     use almanac_jobs::manager::{JobManager, ManagerConfig};
-    use almanac_jobs::trigger::{Clock, FileClock, SystemClock, TriggerConfig, TriggerLoop};
+    use almanac_jobs::trigger::{TriggerConfig, TriggerLoop, clock};
     use std::sync::Arc;
 
     let registry = Registry::open(home)?;
@@ -531,13 +529,9 @@ pub(crate) async fn serve(
         },
         None,
     ));
-    let clock: Box<dyn Clock> = match &args.clock_file {
-        Some(file) => Box::new(FileClock(file.clone())),
-        None => Box::new(SystemClock),
-    };
     let triggers = TriggerLoop::new(
         home,
-        clock,
+        clock(args.clock_file.as_deref()),
         TriggerConfig {
             catch_up_limit: args.catch_up_limit.max(1),
             ..TriggerConfig::default()

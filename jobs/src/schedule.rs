@@ -127,6 +127,26 @@ impl ScheduleDef {
         Ok(def)
     }
 
+    /// What a `featureset schedule` request asks for: `None` to disable, else the schedule its
+    /// flags make ([`ScheduleDef::from_flags`]). Shared by the CLI and the scheduler's API.
+    pub fn requested(
+        disable: bool,
+        every: Option<&str>,
+        cron: Option<&str>,
+        start: Option<&str>,
+        time_zone: Option<&str>,
+    ) -> Result<Option<ScheduleDef>> {
+        if !disable {
+            return ScheduleDef::from_flags(every, cron, start, time_zone).map(Some);
+        }
+        if every.is_some() || cron.is_some() {
+            return Err(JobsError::InvalidInput(
+                "disable goes without every or cron".into(),
+            ));
+        }
+        Ok(None)
+    }
+
     pub fn time_zone(&self) -> &str {
         match self {
             ScheduleDef::Recurrence { time_zone, .. } | ScheduleDef::Cron { time_zone, .. } => {

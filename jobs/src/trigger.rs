@@ -70,6 +70,14 @@ impl Clock for FileClock {
     }
 }
 
+/// The clock read from `file` if given (see [`FileClock`]), else the system clock.
+pub fn clock(file: Option<&Path>) -> Box<dyn Clock> {
+    match file {
+        Some(file) => Box::new(FileClock(file.to_path_buf())),
+        None => Box::new(SystemClock),
+    }
+}
+
 /// The trigger loop's settings.
 #[derive(Debug, Clone)]
 pub struct TriggerConfig {

@@ -24,7 +24,7 @@ use std::time::Duration;
 use almanac_jobs::engine::{Engine, EngineConfig};
 use almanac_jobs::manager::{JobManager, ManagerConfig, RetryPolicy, RunOptions};
 use almanac_jobs::registry::Registry;
-use almanac_jobs::trigger::{Clock, FileClock, SystemClock, TriggerConfig, TriggerLoop};
+use almanac_jobs::trigger::{TriggerConfig, TriggerLoop, clock};
 use clap::{Parser, ValueEnum};
 
 pub use error::{Result, SchedulerError};
@@ -180,13 +180,9 @@ pub async fn serve(
         },
         Some(Arc::new(ballista.canceller())),
     ));
-    let clock: Box<dyn Clock> = match &args.clock_file {
-        Some(file) => Box::new(FileClock(file.clone())),
-        None => Box::new(SystemClock),
-    };
     let triggers = Arc::new(TriggerLoop::new(
         &home,
-        clock,
+        clock(args.clock_file.as_deref()),
         TriggerConfig {
             catch_up_limit: args.catch_up_limit.max(1),
             tick: Duration::from_secs_f64(args.schedule_tick_secs.clamp(0.05, 60.0)),

@@ -394,24 +394,14 @@ impl RegistryService for RegistryApi {
         request: Request<api::SetScheduleRequest>,
     ) -> std::result::Result<Response<api::Schedule>, Status> {
         let r = request.into_inner();
-        let def = if r.disable {
-            if r.every.is_some() || r.cron.is_some() {
-                return Err(Status::invalid_argument(
-                    "disable goes without every or cron",
-                ));
-            }
-            None
-        } else {
-            Some(
-                ScheduleDef::from_flags(
-                    r.every.as_deref(),
-                    r.cron.as_deref(),
-                    r.start.as_deref(),
-                    r.time_zone.as_deref(),
-                )
-                .map_err(jobs_status)?,
-            )
-        };
+        let def = ScheduleDef::requested(
+            r.disable,
+            r.every.as_deref(),
+            r.cron.as_deref(),
+            r.start.as_deref(),
+            r.time_zone.as_deref(),
+        )
+        .map_err(jobs_status)?;
         let s = registry_view::set_schedule(
             &mut self.registry()?,
             &r.reference,

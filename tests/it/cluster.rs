@@ -12,6 +12,7 @@ use almanac_jobs::offline::table_url;
 use almanac_jobs::registry::{FeatureSetRef, Registry};
 use almanac_proto::v1 as api;
 use almanac_proto::v1::job_service_client::JobServiceClient;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::SessionContext;
 
@@ -416,8 +417,9 @@ pub(crate) fn example_store_from(
     }
 }
 
-/// The offline table's rows (all columns but the write time), sorted, as text.
-fn offline_rows(home: &Path) -> String {
+/// The result of `sql` over the example transactions set's offline table, registered as `t`
+/// and read by delta-rs' own DataFusion provider.
+pub(crate) fn offline_query(home: &Path, sql: &str) -> Vec<RecordBatch> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -431,15 +433,17 @@ fn offline_rows(home: &Path) -> String {
         let ctx = SessionContext::new();
         ctx.register_table("t", table.table_provider().await.unwrap())
             .unwrap();
-        let batches = ctx
-            .sql("SELECT * EXCLUDE (create_timestamp) FROM t ORDER BY \"accountID\", \"timestamp\"")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        pretty_format_batches(&batches).unwrap().to_string()
+        ctx.sql(sql).await.unwrap().collect().await.unwrap()
     })
+}
+
+/// The offline table's rows (all columns but the write time), sorted, as text.
+fn offline_rows(home: &Path) -> String {
+    let batches = offline_query(
+        home,
+        "SELECT * EXCLUDE (create_timestamp) FROM t ORDER BY \"accountID\", \"timestamp\"",
+    );
+    pretty_format_batches(&batches).unwrap().to_string()
 }
 
 /// The first rows that differ, if any.
@@ -507,6 +511,23 @@ pub(crate) fn output_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     }
     files.sort();
     files
+}
+
+/// `almanac retrieve` of two example features for `observations`, written to `output`.
+pub(crate) fn retrieve_args(observations: &str, output: &Path) -> Vec<String> {
+    vec![
+        "retrieve".to_string(),
+        "--features".into(),
+        "transactions:1:transaction_7d_count,transactions:1:transaction_amount_3d_avg".into(),
+        "--observations".into(),
+        observations.to_string(),
+        "--timestamp-column".into(),
+        "timestamp".into(),
+        "--output".into(),
+        output.display().to_string(),
+        "--rows-per-file".into(),
+        "100".into(),
+    ]
 }
 
 pub(crate) fn job_id(stdout: &str) -> String {
@@ -614,21 +635,7 @@ fn a_cluster_gives_the_embedded_results_while_executors_die_join_and_drain() {
 
     // Retrieval: the same bytes as the embedded run.
     let observations = root.join("data/observations/batch_inference");
-    let retrieve = |output: &Path| {
-        vec![
-            "retrieve".to_string(),
-            "--features".into(),
-            "transactions:1:transaction_7d_count,transactions:1:transaction_amount_3d_avg".into(),
-            "--observations".into(),
-            observations.display().to_string(),
-            "--timestamp-column".into(),
-            "timestamp".into(),
-            "--output".into(),
-            output.display().to_string(),
-            "--rows-per-file".into(),
-            "100".into(),
-        ]
-    };
+    let retrieve = |output: &Path| retrieve_args(&observations.display().to_string(), output);
     let mut args = vec!["--home".to_string(), home.to_string()];
     args.extend(retrieve(&root.join("embedded-out")));
     ok(&run_cli(

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{Cluster, Service, example_store, free_port, output_files};
+use crate::cluster::{Cluster, Service, example_store, free_port, output_files, retrieve_args};
 use crate::common::{ok, run_cli};
 
 const BUCKET: &str = "almanac";
@@ -229,21 +229,7 @@ fn backfill_and_retrieve_on(store: &Store, root: &Path) -> Cluster {
         "--end",
         end,
     ]));
-    let retrieve = |observations: &str, output: &Path| {
-        vec![
-            "retrieve".to_string(),
-            "--features".into(),
-            "transactions:1:transaction_7d_count,transactions:1:transaction_amount_3d_avg".into(),
-            "--observations".into(),
-            observations.to_string(),
-            "--timestamp-column".into(),
-            "timestamp".into(),
-            "--output".into(),
-            output.display().to_string(),
-            "--rows-per-file".into(),
-            "100".into(),
-        ]
-    };
+    let retrieve = retrieve_args;
     let mut args = vec!["--home".to_string(), local.display().to_string()];
     args.extend(retrieve(
         root.join("data/observations/batch_inference")

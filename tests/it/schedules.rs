@@ -8,14 +8,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use almanac_jobs::materialize::DataStatus;
-use almanac_jobs::offline::table_url;
 use almanac_jobs::registry::{FeatureSetRef, Registry, RunState, ScheduleInfo, TriggerState};
 use almanac_jobs::source::TimeRange;
 use almanac_jobs::time::format_instant;
-use datafusion::prelude::SessionContext;
 
 use crate::cluster::{
     Cluster, Service, committed_task_ids, example_store, example_store_from, http_get,
+    offline_query,
 };
 use crate::common::{failed, ok, run_cli};
 
@@ -77,40 +76,30 @@ fn trigger_state(s: &ScheduleInfo, t: i64) -> Option<RunState> {
 /// The offline rows with a timestamp in `range` (floats rounded: a window's sums depend in
 /// their last bits on where the scan starts), sorted, one line each.
 fn rows_in(home: &Path, range: TimeRange) -> Vec<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    use datafusion::arrow::array::AsArray;
+    let sql = format!(
+        "SELECT concat_ws('|', \"accountID\", CAST(CAST(\"timestamp\" AS BIGINT) AS VARCHAR),
+                CAST(transaction_3d_count AS VARCHAR), CAST(round(transaction_amount_3d_sum, 6) AS VARCHAR),
+                CAST(round(transaction_amount_3d_avg, 6) AS VARCHAR), CAST(transaction_7d_count AS VARCHAR),
+                CAST(round(transaction_amount_7d_sum, 6) AS VARCHAR), CAST(round(transaction_amount_7d_avg, 6) AS VARCHAR)) AS row
+         FROM t WHERE CAST(\"timestamp\" AS BIGINT) >= {} AND CAST(\"timestamp\" AS BIGINT) < {}",
+        range.start, range.end
+    );
+    let mut rows = Vec::new();
+    for b in offline_query(home, &sql) {
+        let col = datafusion::arrow::compute::cast(
+            b.column(0),
+            &datafusion::arrow::datatypes::DataType::Utf8,
+        )
         .unwrap();
-    runtime.block_on(async {
-        let root = Registry::open(home).unwrap().offline_root().unwrap();
-        let table = deltalake::open_table(table_url(&root, &transactions()).unwrap())
-            .await
-            .unwrap();
-        let ctx = SessionContext::new();
-        ctx.register_table("t", table.table_provider().await.unwrap())
-            .unwrap();
-        let sql = format!(
-            "SELECT concat_ws('|', \"accountID\", CAST(CAST(\"timestamp\" AS BIGINT) AS VARCHAR),
-                    CAST(transaction_3d_count AS VARCHAR), CAST(round(transaction_amount_3d_sum, 6) AS VARCHAR),
-                    CAST(round(transaction_amount_3d_avg, 6) AS VARCHAR), CAST(transaction_7d_count AS VARCHAR),
-                    CAST(round(transaction_amount_7d_sum, 6) AS VARCHAR), CAST(round(transaction_amount_7d_avg, 6) AS VARCHAR)) AS row
-             FROM t WHERE CAST(\"timestamp\" AS BIGINT) >= {} AND CAST(\"timestamp\" AS BIGINT) < {}",
-            range.start, range.end
+        rows.extend(
+            col.as_string::<i32>()
+                .iter()
+                .map(|v| v.unwrap().to_string()),
         );
-        let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
-        let mut rows = Vec::new();
-        for b in &batches {
-            use datafusion::arrow::array::AsArray;
-            let col = datafusion::arrow::compute::cast(
-                b.column(0),
-                &datafusion::arrow::datatypes::DataType::Utf8,
-            )
-            .unwrap();
-            rows.extend(col.as_string::<i32>().iter().map(|v| v.unwrap().to_string()));
-        }
-        rows.sort();
-        rows
-    })
+    }
+    rows.sort();
+    rows
 }
 
 /// The store's rows in `range` equal the reference's, and none is there twice.

@@ -542,13 +542,15 @@ pub async fn read_range(
         Loaded::Table(table) => table,
         Loaded::Missing(_) => return Ok(None),
     };
-    let first = format_instant(range.start.div_euclid(DAY_MICROS) * DAY_MICROS)[..10].to_string();
-    let last = format_instant(range.end.saturating_sub(1))[..10].to_string();
+    let range_days = days(range);
+    let (Some(first), Some(last)) = (range_days.first(), range_days.last()) else {
+        return Ok(None);
+    };
     let files = snapshot_files(
         table.snapshot().map_err(delta_error(url))?,
         url,
-        &first,
-        &last,
+        first,
+        last,
     )?;
     let Some(frame) = scan_files(engine, url, files, spec).await? else {
         return Ok(None);

@@ -7,8 +7,18 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use almanac_jobs::offline::{materialize_task, table_url};
+use almanac_jobs::registry::FeatureSetRef;
+use almanac_jobs::source::TimeRange;
+use almanac_jobs::spec::LoadedSpec;
+use almanac_tests::fixtures::{DAY, t};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode};
+use url::Url;
+
 use crate::cluster::{Cluster, Service, example_store, free_port, output_files, retrieve_args};
-use crate::common::{ok, run_cli};
+use crate::common::{engine, ok, run_cli};
+use crate::offline::example_transactions;
 
 const BUCKET: &str = "almanac";
 /// Azurite's well-known development account key (public, documented by Microsoft).
@@ -370,4 +380,159 @@ fn backfill_and_retrieval_on_azurite_equal_local_files_and_wrong_credentials_fai
             "a credential in a log line: {line}"
         );
     }
+}
+
+/// The `readVersion` a Delta commit recorded: the table version its writer started from.
+async fn read_version(store: &dyn ObjectStore, table: &Url, version: i64) -> i64 {
+    let path = object_store::path::Path::from(format!(
+        "{}/_delta_log/{version:020}.json",
+        table.path().trim_matches('/')
+    ));
+    let bytes = store.get(&path).await.unwrap().bytes().await.unwrap();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["commitInfo"]["readVersion"].as_i64())
+        .unwrap_or_else(|| panic!("no readVersion in commit {version}:\n{text}"))
+}
+
+const RACE_ROOT: &str = "ALMANAC_TEST_RACE_ROOT";
+const RACE_STORE: &str = "ALMANAC_TEST_RACE_STORE";
+
+/// Two writers committing to one offline table in a store at once, from the same snapshot.
+/// Run by the tests below in a child process that has the store's environment, so Almanac
+/// reaches the store as it does in production (a test must not change the environment of its
+/// own, multi-threaded process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the body of the concurrent_commits_* tests, run in a child process"]
+async fn commit_race() {
+    let root = std::path::PathBuf::from(std::env::var(RACE_ROOT).unwrap());
+    let bucket = Url::parse(&std::env::var(RACE_STORE).unwrap()).unwrap();
+    let loaded = LoadedSpec::load(&example_transactions(&root)).unwrap();
+    let engine = engine(2).await;
+    let store = engine
+        .session()
+        .runtime_env()
+        .object_store(ObjectStoreUrl::parse(bucket.as_str()).unwrap())
+        .unwrap();
+
+    // The store must refuse to create an object twice, or two commits could both take a version.
+    let probe = object_store::path::Path::from("probe/created-once");
+    let create = || PutMode::Create.into();
+    store
+        .put_opts(&probe, "first".into(), create())
+        .await
+        .unwrap();
+    let again = store.put_opts(&probe, "second".into(), create()).await;
+    assert!(
+        matches!(again, Err(object_store::Error::AlreadyExists { .. })),
+        "{bucket} let a second conditional create through: {again:?}"
+    );
+
+    let r = FeatureSetRef::new("transactions", "1");
+    let remote = table_url(&bucket.join("offline/").unwrap(), &r).unwrap();
+    let local = table_url(&Url::from_directory_path(root.join("local")).unwrap(), &r).unwrap();
+    let start = t("2023-01-08");
+    let day = |d: i64| TimeRange {
+        start: start + d * DAY,
+        end: start + (d + 1) * DAY,
+    };
+    // The reference: the same windows, one after the other, on local files.
+    for (d, app) in [(0, "ref-0:0"), (2, "ref-2:0")] {
+        materialize_task(&engine, &local, &loaded, day(d), app, 1)
+            .await
+            .unwrap();
+    }
+
+    // Disjoint windows, both planned on the same snapshot (which both create): both land, the
+    // later rebased on the earlier.
+    let (a, b) = tokio::join!(
+        materialize_task(&engine, &remote, &loaded, day(0), "job-a:0", 1),
+        materialize_task(&engine, &remote, &loaded, day(2), "job-b:0", 1),
+    );
+    let mut versions = [a.unwrap().version, b.unwrap().version];
+    versions.sort();
+    assert_eq!(versions, [Some(1), Some(2)]);
+    assert_eq!(
+        read_version(store.as_ref(), &remote, 2).await,
+        0,
+        "the second commit should have started from the version both writers read"
+    );
+
+    // The same day rewritten twice at once: both replace its files, so one must lose, with
+    // an error the job manager retries.
+    let (c, d) = tokio::join!(
+        materialize_task(&engine, &remote, &loaded, day(0), "job-c:0", 1),
+        materialize_task(&engine, &remote, &loaded, day(0), "job-d:0", 1),
+    );
+    let (won, (loser, error)) = match (c, d) {
+        (Ok(w), Err(l)) => (w, ("job-d:0", l)),
+        (Err(l), Ok(w)) => (w, ("job-c:0", l)),
+        (c, d) => panic!("exactly one rewrite of a day should commit: {c:?} / {d:?}"),
+    };
+    assert_eq!(won.version, Some(3), "{won:?}");
+    let error = error.to_string();
+    assert!(
+        error.contains(remote.as_str()) && error.contains("concurrent"),
+        "{error}"
+    );
+    // The loser's rerun builds on the winner's rows and replaces them.
+    let rerun = materialize_task(&engine, &remote, &loaded, day(0), loser, 1)
+        .await
+        .unwrap();
+    assert_eq!(rerun.version, Some(4), "{rerun:?}");
+    assert!(rerun.replaced >= 1, "{rerun:?}");
+}
+
+/// Runs [`commit_race`] against `store`, then compares the table it wrote with the local
+/// reference, read by delta-rs' Python release.
+fn concurrent_commits_resolve(store: &Store, root: &Path) {
+    python(&format!("{}\nmake()\n", store.python_setup), &store.env);
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "object_stores::commit_race",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(RACE_ROOT, root)
+        .env(RACE_STORE, &store.root)
+        .envs(store.env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = delta_rows(
+        store,
+        &root.join("local/transactions/1").display().to_string(),
+        false,
+    );
+    let got = delta_rows(
+        store,
+        &format!("{}offline/transactions/1", store.root),
+        true,
+    );
+    assert!(want.lines().count() > 100, "{want}");
+    assert_eq!(
+        got, want,
+        "the table differs from the same windows written in turn"
+    );
+}
+
+#[test]
+fn concurrent_commits_to_one_table_on_an_s3_server_resolve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = start_s3(tmp.path());
+    concurrent_commits_resolve(&store, tmp.path());
+}
+
+#[test]
+fn concurrent_commits_to_one_table_on_azurite_resolve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = start_azurite(tmp.path());
+    concurrent_commits_resolve(&store, tmp.path());
 }

@@ -15,7 +15,7 @@ use datafusion::prelude::SessionContext;
 
 use crate::common::engine;
 
-fn example_transactions(root: &Path) -> PathBuf {
+pub(crate) fn example_transactions(root: &Path) -> PathBuf {
     let options = SampleDataOptions {
         accounts: 40,
         transactions: 3_000,

@@ -122,6 +122,10 @@ pub async fn open_or_create(
         .with_columns(columns(spec))
         .with_partition_columns([DAY])
         .with_save_mode(SaveMode::Ignore)
+        // Creation is version 0 or nothing. delta-rs would otherwise retry a losing create
+        // as version 1, and its conflict check lets that second table definition through
+        // (seen in the concurrent-commit tests): every writer that read version 0 then fails.
+        .with_commit_properties(CommitProperties::default().with_max_retries(0))
         .await;
     match created {
         Ok(created) => {
@@ -378,8 +382,12 @@ pub async fn materialize_task(
     );
     // The last moment to refuse a result computed across a lost executor.
     engine.check_fence(&fence).await?;
+    // readVersion (a standard commitInfo field delta-rs leaves out) tells a reader of the log
+    // which version this task read, so a commit rebased past a concurrent one shows as such.
+    let read_version = snapshot.version();
     let properties = CommitProperties::default()
-        .with_application_transaction(Transaction::new(app_id, txn_version));
+        .with_application_transaction(Transaction::new(app_id, txn_version))
+        .with_metadata([("readVersion".to_string(), serde_json::json!(read_version))]);
     let commit = CommitBuilder::from(properties)
         .with_actions(actions)
         .build(

@@ -59,6 +59,7 @@ pub(crate) async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Backfill(args) => crate::store::backfill(config, &cli.home, &args, out).await,
         Command::Serve(args) => crate::store::serve(config, &cli.home, &args, out).await,
         Command::Job(c) => crate::store::job(&cli.home, c, out).await,
+        Command::Backup { to } => crate::store::backup(&cli.home, &to, out),
         Command::Cluster(_) => Err(CliError::Usage(
             "there is no cluster: without --scheduler (or ALMANAC_SCHEDULER) the CLI runs \
              everything in this process"

@@ -108,6 +108,13 @@ pub enum Command {
     /// Jobs recorded in the store.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Copy the store's registry (a consistent snapshot, safe while a scheduler runs) and its
+    /// registered spec and model files into a new folder. Runs where --home is.
+    Backup {
+        /// A new or empty folder.
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// The cluster behind --scheduler.
     #[command(subcommand)]
     Cluster(ClusterCommand),

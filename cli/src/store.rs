@@ -147,6 +147,27 @@ pub(crate) fn feature(
     crate::view::features(&list, out)
 }
 
+/// `almanac backup --to DIR`.
+pub(crate) fn backup(home: &Path, to: &Path, out: &mut dyn Write) -> Result<(), CliError> {
+    // Opening a registry creates one; a backup of a store that is not there must not.
+    if !home.join("registry.db").is_file() {
+        return Err(CliError::Usage(format!(
+            "there is no store at {} (no registry.db): give the store's --home (or ALMANAC_HOME)",
+            home.display()
+        )));
+    }
+    let backup = Registry::open(home)?.backup(to)?;
+    writeln!(
+        out,
+        "backed up {} to {}: the registry and {} registered file(s), {}",
+        home.display(),
+        to.display(),
+        backup.files - 1,
+        bytesize::ByteSize(backup.bytes)
+    )?;
+    Ok(())
+}
+
 pub(crate) async fn job(
     home: &Path,
     command: JobCommand,

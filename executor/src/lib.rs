@@ -8,8 +8,13 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use almanac_jobs::engine::{EngineConfig, almanac_session_state, runtime_builder};
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
 use ballista_core::RuntimeProducer;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::extension::SessionConfigExt;
@@ -29,6 +34,13 @@ pub enum ExecutorError {
     Ballista(String),
     #[error("{0}")]
     Setup(String),
+    #[error("cannot listen on {address} for health checks (--http-bind): {source}")]
+    HttpBind {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the health endpoint failed: {0}")]
+    Http(String),
     #[error("the scheduler at {address} refused this executor: {message}")]
     Refused { address: String, message: String },
     #[error("cannot reach the scheduler at {address} within {secs}s: {message}")]
@@ -39,20 +51,27 @@ pub enum ExecutorError {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
 /// Flags of `almanac-executor`.
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Parser, serde::Serialize)]
 #[command(name = "almanac-executor", version, about = "Almanac's executor")]
 pub struct ExecutorArgs {
     /// A YAML file of flag values (keys are the flag names). Flags and environment variables
     /// win over it.
     #[arg(long, env = "ALMANAC_EXECUTOR_CONFIG")]
+    #[serde(skip)]
     pub config: Option<std::path::PathBuf>,
+    /// Check the configuration and print the settings it adds up to (as a config file would
+    /// hold them), then exit: 0 when the service would start with them, 2 otherwise.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
     /// The scheduler's executor endpoint, HOST:PORT (its --executor-bind).
     #[arg(long, env = "ALMANAC_EXECUTOR_SCHEDULER")]
     pub scheduler: String,
@@ -82,6 +101,14 @@ pub struct ExecutorArgs {
     /// Port of its gRPC service.
     #[arg(long, default_value_t = 50052, env = "ALMANAC_EXECUTOR_GRPC_PORT")]
     pub grpc_port: u16,
+    /// Where /healthz (the process is up) and /readyz (registered with the scheduler and not
+    /// draining) are served.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9465",
+        env = "ALMANAC_EXECUTOR_HTTP_BIND"
+    )]
+    pub http_bind: std::net::SocketAddr,
     /// Seconds to keep retrying the first connection to the scheduler.
     #[arg(
         long,
@@ -93,17 +120,54 @@ pub struct ExecutorArgs {
     pub log_format: LogFormat,
     /// Report this Almanac version instead of the built one (tests of version checks).
     #[arg(long, hide = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pretend_version: Option<String>,
 }
 
 pub fn main() -> ExitCode {
     let args = almanac_jobs::config::parse::<ExecutorArgs>("ALMANAC_EXECUTOR_CONFIG")
         .unwrap_or_else(|e| e.exit());
+    if args.check_config {
+        return match Checked::new(&args) {
+            Ok(_) => {
+                print!("{}", almanac_jobs::config::settings_yaml(&args));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     almanac_jobs::logging::init(
         args.log_format == LogFormat::Json,
         almanac_jobs::logging::DEFAULT_FILTER,
     );
     almanac_jobs::logging::run_main(Some("executor"), run(args))
+}
+
+/// Flag values that need more than clap's parsing, checked before anything starts.
+struct Checked {
+    scheduler_host: String,
+    scheduler_port: u16,
+    memory_pool_size: Option<u64>,
+}
+
+impl Checked {
+    fn new(args: &ExecutorArgs) -> Result<Checked, ExecutorError> {
+        let (scheduler_host, scheduler_port) = args
+            .scheduler
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+            .filter(|(h, _)| !h.is_empty())
+            .ok_or_else(|| ExecutorError::SchedulerAddress(args.scheduler.clone()))?;
+        let memory_pool_size = args.memory_limit.as_deref().map(memory_limit).transpose()?;
+        Ok(Checked {
+            scheduler_host,
+            scheduler_port,
+            memory_pool_size,
+        })
+    }
 }
 
 fn memory_limit(text: &str) -> Result<u64, ExecutorError> {
@@ -113,15 +177,81 @@ fn memory_limit(text: &str) -> Result<u64, ExecutorError> {
         .map_err(|_| ExecutorError::MemoryLimit(text.to_string()))
 }
 
-/// Runs the executor until SIGTERM or Ctrl-C (Ballista's process handles both, draining).
+/// Whether this executor can take work, for `/readyz`.
+#[derive(Debug, Default)]
+struct Readiness {
+    registered: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    fn report(&self) -> (StatusCode, &'static str) {
+        if self.draining.load(Ordering::Relaxed) {
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        } else if self.registered.load(Ordering::Relaxed) {
+            (StatusCode::OK, "ready\n")
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not registered with the scheduler yet\n",
+            )
+        }
+    }
+}
+
+/// Runs the executor until SIGTERM or Ctrl-C (Ballista's process handles both, draining),
+/// with `/healthz` and `/readyz` served beside it for orchestrators.
 pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
-    let (host, port) = args
-        .scheduler
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
-        .filter(|(h, _)| !h.is_empty())
-        .ok_or_else(|| ExecutorError::SchedulerAddress(args.scheduler.clone()))?;
-    let memory_pool_size = args.memory_limit.as_deref().map(memory_limit).transpose()?;
+    let listener = tokio::net::TcpListener::bind(args.http_bind)
+        .await
+        .map_err(|source| ExecutorError::HttpBind {
+            address: args.http_bind,
+            source,
+        })?;
+    let readiness = Arc::new(Readiness::default());
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(r): State<Arc<Readiness>>| async move { r.report() }),
+        )
+        .with_state(Arc::clone(&readiness));
+    // The executor's end stops the health server; a signal marks the executor draining
+    // (Ballista's own handler does the draining).
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let mut watch_stop = stop_rx.clone();
+    let http = async {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .await
+            .map_err(|e| ExecutorError::Http(e.to_string()))
+    };
+    let signal = async {
+        tokio::select! {
+            _ = almanac_jobs::logging::shutdown_signal() => {
+                readiness.draining.store(true, Ordering::Relaxed);
+                tracing::info!("draining: finishing running tasks, taking no new ones");
+            }
+            _ = watch_stop.wait_for(|s| *s) => {}
+        }
+    };
+    let work = async {
+        let r = execute(args, &readiness).await;
+        stop_tx.send_replace(true);
+        r
+    };
+    let (http, (), work) = tokio::join!(http, signal, work);
+    work.and(http)
+}
+
+async fn execute(args: ExecutorArgs, readiness: &Readiness) -> Result<(), ExecutorError> {
+    let Checked {
+        scheduler_host: host,
+        scheduler_port: port,
+        memory_pool_size,
+    } = Checked::new(&args)?;
     if let Some(dir) = &args.work_dir {
         std::fs::create_dir_all(dir).map_err(|e| {
             ExecutorError::Setup(format!("cannot create the work folder {dir}: {e}"))
@@ -164,6 +294,7 @@ pub async fn run(args: ExecutorArgs) -> Result<(), ExecutorError> {
         args.connect_timeout_secs,
     )
     .await?;
+    readiness.registered.store(true, Ordering::Relaxed);
     let mut config = ExecutorProcessConfig {
         executor_id,
         bind_host: args.bind_host.clone(),

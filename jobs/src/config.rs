@@ -32,6 +32,21 @@ impl ConfigError {
     }
 }
 
+/// What `--check-config` prints: the settings a service would start with, as a config file
+/// holding them (keys are the flag names), so an operator or a deployment check sees what the
+/// flags, environment and file add up to. Object-store credentials are not settings (each
+/// store reads its own variables), so none can appear here.
+/// Unset optional settings (which take their documented default) are left out.
+pub fn settings_yaml<T: serde::Serialize>(settings: &T) -> String {
+    let shown = serde_yaml::to_value(settings).map(|v| match v {
+        Value::Mapping(m) => Value::Mapping(m.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+        other => other,
+    });
+    shown
+        .and_then(|v| serde_yaml::to_string(&v))
+        .unwrap_or_else(|e| format!("# cannot show the settings: {e}\n"))
+}
+
 /// Parses this process's command line into `P`, with values from the config file named by
 /// `--config` or the environment variable `config_env`.
 pub fn parse<P: Parser + CommandFactory>(config_env: &str) -> Result<P, ConfigError> {

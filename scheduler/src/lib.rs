@@ -29,14 +29,15 @@ use clap::{Parser, ValueEnum};
 
 pub use error::{Result, SchedulerError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
 /// Flags of `almanac-scheduler`.
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Parser, serde::Serialize)]
 #[command(
     name = "almanac-scheduler",
     version,
@@ -46,7 +47,13 @@ pub struct SchedulerArgs {
     /// A YAML file of flag values (keys are the flag names). Flags and environment variables
     /// win over it.
     #[arg(long, env = "ALMANAC_SCHEDULER_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
+    /// Check the configuration and print the settings it adds up to (as a config file would
+    /// hold them), then exit: 0 when the service would start with them, 2 otherwise.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
     /// The feature store: registry database, jobs and (by default) the offline store.
     #[arg(long, env = "ALMANAC_HOME", default_value = ".almanac")]
     pub home: PathBuf,
@@ -116,12 +123,15 @@ pub struct SchedulerArgs {
     /// Read the schedules' clock from this file (an RFC 3339 time, re-read every tick)
     /// instead of the system clock: for tests and drills.
     #[arg(long, hide = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub clock_file: Option<PathBuf>,
     /// Seconds between looks at the schedules.
     #[arg(long, default_value_t = 1.0, hide = true)]
+    #[serde(skip)]
     pub schedule_tick_secs: f64,
     /// Report this Almanac version instead of the built one (tests of version checks).
     #[arg(long, hide = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pretend_version: Option<String>,
 }
 
@@ -129,6 +139,10 @@ pub struct SchedulerArgs {
 pub fn main() -> ExitCode {
     let args = almanac_jobs::config::parse::<SchedulerArgs>("ALMANAC_SCHEDULER_CONFIG")
         .unwrap_or_else(|e| e.exit());
+    if args.check_config {
+        print!("{}", almanac_jobs::config::settings_yaml(&args));
+        return ExitCode::SUCCESS;
+    }
     almanac_jobs::logging::init(
         args.log_format == LogFormat::Json,
         almanac_jobs::logging::DEFAULT_FILTER,

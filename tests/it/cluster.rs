@@ -222,6 +222,8 @@ impl Cluster {
             free_port().to_string(),
             "--grpc-port".into(),
             free_port().to_string(),
+            "--http-bind".into(),
+            format!("127.0.0.1:{}", free_port()),
             "--work-dir".into(),
             self.dir.join(format!("executor-{n}")).display().to_string(),
             "--memory-limit".into(),
@@ -1174,7 +1176,8 @@ fn registry_reads_through_the_scheduler_show_what_the_store_shows() {
 fn services_start_from_a_config_file_and_refuse_a_bad_one() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let (api, executors, http) = (free_port(), free_port(), free_port());
+    let (api, executors, http, executor_http) =
+        (free_port(), free_port(), free_port(), free_port());
     let scheduler_config = root.join("scheduler.yaml");
     std::fs::write(
         &scheduler_config,
@@ -1198,7 +1201,8 @@ fn services_start_from_a_config_file_and_refuse_a_bad_one() {
         &executor_config,
         format!(
             "scheduler: 127.0.0.1:{executors}\nslots: 1\nwork_dir: {}\nbind_host: 127.0.0.1\n\
-             port: {}\ngrpc_port: {}\nmemory_limit: 256MiB\n",
+             port: {}\ngrpc_port: {}\nhttp_bind: 127.0.0.1:{executor_http}\n\
+             memory_limit: 256MiB\n",
             root.join("work").display(),
             free_port(),
             free_port()
@@ -1233,6 +1237,8 @@ fn services_start_from_a_config_file_and_refuse_a_bad_one() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(http_get(http, "/healthz").contains("ok"));
+    assert!(http_get(executor_http, "/healthz").contains("ok"));
+    assert!(http_get(executor_http, "/readyz").starts_with("HTTP/1.1 200"));
     assert!(root.join("work").is_dir());
 
     // Bad configuration stops start-up, naming the file and what is wrong.

@@ -5,6 +5,7 @@ mod backfill;
 mod cli;
 mod cluster;
 mod common;
+mod deploy;
 mod object_stores;
 mod offline;
 mod registry;

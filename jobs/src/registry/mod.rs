@@ -35,6 +35,35 @@ pub const DEFAULT_HOME: &str = ".almanac";
 const DB_FILE: &str = "registry.db";
 const OFFLINE_ROOT: &str = "offline_root";
 
+/// What [`Registry::backup`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backup {
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Copies the folder `from` (if there is one) to `to`, counting what it wrote.
+fn copy_tree(from: &Path, to: &Path, counts: &mut Backup) -> Result<()> {
+    let entries = match std::fs::read_dir(from) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(JobsError::io("cannot read", from, e)),
+    };
+    std::fs::create_dir_all(to).map_err(|e| JobsError::io("cannot create", to, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| JobsError::io("cannot read", from, e))?;
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            copy_tree(&source, &target, counts)?;
+        } else {
+            counts.bytes += std::fs::copy(&source, &target)
+                .map_err(|e| JobsError::io("cannot copy", &source, e))?;
+            counts.files += 1;
+        }
+    }
+    Ok(())
+}
+
 /// Whether a create call added something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
@@ -142,6 +171,37 @@ impl Registry {
 
     pub fn home(&self) -> &Path {
         &self.home
+    }
+
+    /// Backs the store up into `dest`, a new or empty folder: a consistent snapshot of the
+    /// registry database, taken while other processes may be writing to it, and the spec and
+    /// model files registered versions point to. Those files never change once registered, so
+    /// copying them after the snapshot is safe. The offline store's tables are not copied:
+    /// they live in their own storage (see the operator guide).
+    pub fn backup(&self, dest: &Path) -> Result<Backup> {
+        if std::fs::read_dir(dest).is_ok_and(|mut entries| entries.next().is_some()) {
+            return Err(JobsError::InvalidInput(format!(
+                "the backup folder {} is not empty; give a new or empty folder",
+                dest.display()
+            )));
+        }
+        std::fs::create_dir_all(dest)
+            .map_err(|e| JobsError::io("cannot create the backup folder", dest, e))?;
+        let file = dest.join(DB_FILE);
+        self.conn
+            .execute("VACUUM INTO ?1", [file.to_string_lossy()])
+            .map_err(db_error(format!(
+                "writing a snapshot of the registry to {}",
+                file.display()
+            )))?;
+        let mut backup = Backup {
+            files: 1,
+            bytes: std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0),
+        };
+        for folder in ["featuresets", "models"] {
+            copy_tree(&self.home.join(folder), &dest.join(folder), &mut backup)?;
+        }
+        Ok(backup)
     }
 
     fn setting(&self, key: &str) -> Result<Option<String>> {

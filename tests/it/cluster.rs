@@ -1238,7 +1238,16 @@ fn services_start_from_a_config_file_and_refuse_a_bad_one() {
     }
     assert!(http_get(http, "/healthz").contains("ok"));
     assert!(http_get(executor_http, "/healthz").contains("ok"));
-    assert!(http_get(executor_http, "/readyz").starts_with("HTTP/1.1 200"));
+    // Ready once registered with the scheduler.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = http_get(executor_http, "/readyz");
+        if ready.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{ready}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(root.join("work").is_dir());
 
     // Bad configuration stops start-up, naming the file and what is wrong.

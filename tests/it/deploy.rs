@@ -61,7 +61,9 @@ fn blocks(markdown: &str) -> Vec<Block> {
 
 /// Runs a program to the end; its output, or a panic with it.
 fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    // Other tests move the process's working folder into temporary ones that go away.
     let out = Command::new(program)
+        .current_dir(std::env::temp_dir())
         .args(args)
         .envs(env.iter().copied())
         .output()
@@ -78,6 +80,7 @@ fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> String {
 /// What a service binary makes of a configuration: its `--check-config` settings.
 fn check_config(binary: &str, args: &[String], env: &BTreeMap<String, String>) -> Value {
     let out = Command::new(binary)
+        .current_dir(std::env::temp_dir())
         .args(args)
         .arg("--check-config")
         .env_clear()

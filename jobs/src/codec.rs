@@ -28,6 +28,9 @@ use crate::asof_join::{AsOfJoinExec, AsOfJoinNode, AsOfJoinParams};
 use crate::ordered_table::OrderedFileTable;
 use crate::part_writer::{Layout, PartWriterExec, PartWriterNode, PartWriterParams};
 use crate::spec::SourceKind;
+use crate::window_agg::{
+    WindowAggExec, WindowAggNode, WindowAggParams, WindowFeature, WindowFunction,
+};
 
 #[derive(Clone, PartialEq, Message)]
 struct AsOfJoinProto {
@@ -80,6 +83,29 @@ struct OrderedTableProto {
     format: String,
 }
 
+#[derive(Clone, PartialEq, Message)]
+struct WindowFeatureProto {
+    #[prost(string, tag = "1")]
+    name: String,
+    /// `count`, `sum`, `avg`, `min`, `max` or `latest`.
+    #[prost(string, tag = "2")]
+    function: String,
+    #[prost(string, optional, tag = "3")]
+    column: Option<String>,
+    #[prost(int64, tag = "4")]
+    window: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct WindowAggProto {
+    #[prost(string, repeated, tag = "1")]
+    keys: Vec<String>,
+    #[prost(string, tag = "2")]
+    time: String,
+    #[prost(message, repeated, tag = "3")]
+    features: Vec<WindowFeatureProto>,
+}
+
 #[derive(Clone, PartialEq, prost::Oneof)]
 enum Node {
     #[prost(message, tag = "1")]
@@ -88,12 +114,14 @@ enum Node {
     PartWriter(PartWriterProto),
     #[prost(message, tag = "3")]
     OrderedTable(OrderedTableProto),
+    #[prost(message, tag = "4")]
+    WindowAgg(WindowAggProto),
 }
 
 /// Everything Almanac encodes is one of these.
 #[derive(Clone, PartialEq, Message)]
 struct AlmanacNode {
-    #[prost(oneof = "Node", tags = "1, 2, 3")]
+    #[prost(oneof = "Node", tags = "1, 2, 3, 4")]
     node: Option<Node>,
 }
 
@@ -189,6 +217,52 @@ impl From<PartWriterProto> for PartWriterParams {
     }
 }
 
+impl From<&WindowAggParams> for WindowAggProto {
+    fn from(p: &WindowAggParams) -> Self {
+        WindowAggProto {
+            keys: p.keys.clone(),
+            time: p.time.clone(),
+            features: p
+                .features
+                .iter()
+                .map(|f| WindowFeatureProto {
+                    name: f.name.clone(),
+                    function: f.function.name().to_string(),
+                    column: f.column.clone(),
+                    window: f.window,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<WindowAggProto> for WindowAggParams {
+    type Error = DataFusionError;
+
+    fn try_from(p: WindowAggProto) -> DfResult<Self> {
+        let features = p
+            .features
+            .into_iter()
+            .map(|f| {
+                let function = WindowFunction::from_name(&f.function).ok_or_else(|| {
+                    decode_error("a window aggregation", format!("function '{}'", f.function))
+                })?;
+                Ok(WindowFeature {
+                    name: f.name,
+                    function,
+                    column: f.column,
+                    window: f.window,
+                })
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        Ok(WindowAggParams {
+            keys: p.keys,
+            time: p.time,
+            features,
+        })
+    }
+}
+
 fn encode_node(node: Node, buf: &mut Vec<u8>) -> DfResult<()> {
     AlmanacNode { node: Some(node) }
         .encode(buf)
@@ -267,6 +341,10 @@ impl LogicalExtensionCodec for AlmanacLogicalCodec {
                     let input = one(inputs, "a part writer")?;
                     Arc::new(PartWriterNode::try_new(input, p.into())?)
                 }
+                Node::WindowAgg(p) => {
+                    let input = one(inputs, "a window aggregation")?;
+                    Arc::new(WindowAggNode::try_new(input, p.try_into()?)?)
+                }
                 Node::OrderedTable(_) => {
                     return Err(decode_error("a plan node", "found a table instead"));
                 }
@@ -281,6 +359,8 @@ impl LogicalExtensionCodec for AlmanacLogicalCodec {
             encode_node(Node::AsOfJoin((&join.params).into()), &mut payload)?;
         } else if let Some(writer) = any.downcast_ref::<PartWriterNode>() {
             encode_node(Node::PartWriter((&writer.params).into()), &mut payload)?;
+        } else if let Some(window) = any.downcast_ref::<WindowAggNode>() {
+            encode_node(Node::WindowAgg((&window.params).into()), &mut payload)?;
         } else {
             self.ballista.try_encode(node, &mut payload)?;
             return seal(BALLISTA, payload, buf);
@@ -419,6 +499,10 @@ impl PhysicalExtensionCodec for AlmanacPhysicalCodec {
                 let input = one(inputs, "a part writer")?;
                 Ok(Arc::new(PartWriterExec::try_new(input, p.into())?))
             }
+            Node::WindowAgg(p) => {
+                let input = one(inputs, "a window aggregation")?;
+                Ok(Arc::new(WindowAggExec::try_new(input, p.try_into()?)?))
+            }
             Node::OrderedTable(_) => Err(decode_error("an execution plan", "found a table")),
         }
     }
@@ -435,6 +519,9 @@ impl PhysicalExtensionCodec for AlmanacPhysicalCodec {
         }
         if let Some(writer) = any.downcast_ref::<PartWriterExec>() {
             return encode_node(Node::PartWriter(writer.params().into()), buf);
+        }
+        if let Some(window) = any.downcast_ref::<WindowAggExec>() {
+            return encode_node(Node::WindowAgg(window.params().into()), buf);
         }
         Err(DataFusionError::NotImplemented(format!(
             "Almanac's codec does not encode {}",
@@ -535,6 +622,42 @@ mod tests {
             .downcast_ref::<PartWriterExec>()
             .expect("a part writer comes back");
         assert_eq!(back.params(), &writer_params);
+
+        let input = Arc::new(EmptyExec::new(Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("t", utc(), false),
+            Field::new("v", DataType::Float64, true),
+        ]))));
+        let window_params = WindowAggParams {
+            keys: vec!["k".into()],
+            time: "t".into(),
+            features: vec![
+                WindowFeature {
+                    name: "n".into(),
+                    function: WindowFunction::Count,
+                    column: None,
+                    window: 3_600_000_000,
+                },
+                WindowFeature {
+                    name: "top".into(),
+                    function: WindowFunction::Max,
+                    column: Some("v".into()),
+                    window: 60_000_000,
+                },
+            ],
+        };
+        let window: Arc<dyn ExecutionPlan> =
+            Arc::new(WindowAggExec::try_new(input.clone(), window_params.clone()).unwrap());
+        let mut buf = Vec::new();
+        codec
+            .try_encode(Arc::clone(&window), &mut buf, &converter)
+            .unwrap();
+        let back = codec.try_decode(&buf, &[input], &task, &converter).unwrap();
+        let back = (back.as_ref() as &dyn Any)
+            .downcast_ref::<WindowAggExec>()
+            .expect("a window aggregation comes back");
+        assert_eq!(back.params(), &window_params);
+        assert_eq!(back.schema(), window.schema());
 
         // Garbage is an error, not a wrong plan.
         assert!(

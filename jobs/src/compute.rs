@@ -16,6 +16,7 @@ use crate::source::{Source, TimeRange};
 use crate::spec::{FeatureType, LoadedSpec, describe_arrow_type};
 use crate::timestamp::canonical_type;
 use crate::transform;
+pub use crate::transform::WindowPlan;
 
 /// A planned (not yet run) feature window.
 pub struct FeatureFrame {
@@ -57,6 +58,17 @@ pub async fn plan_window(
     loaded: &LoadedSpec,
     window: TimeRange,
 ) -> Result<FeatureFrame> {
+    plan_window_with(engine, loaded, window, WindowPlan::Native).await
+}
+
+/// [`plan_window`] with the DSL planned as `plan` says (benchmarks and differential tests
+/// compare the two).
+pub async fn plan_window_with(
+    engine: &Engine,
+    loaded: &LoadedSpec,
+    window: TimeRange,
+    plan: WindowPlan,
+) -> Result<FeatureFrame> {
     if window.start >= window.end {
         return Err(JobsError::InvalidInput(format!(
             "the window is empty: start {} is not before end {}",
@@ -73,7 +85,7 @@ pub async fn plan_window(
         end: window.end,
     };
     let prepared = source.prepared(read_range)?;
-    let transformed = transform::apply(&ctx, spec, &file, prepared).await?;
+    let transformed = transform::apply(&ctx, spec, &file, prepared, plan).await?;
     let frame = conform(spec, &file, transformed, window)?;
     Ok(FeatureFrame {
         frame,

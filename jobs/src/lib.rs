@@ -33,5 +33,6 @@ pub mod time;
 pub mod timestamp;
 pub mod transform;
 pub mod trigger;
+pub mod window_agg;
 
 pub use error::{JobsError, Result};

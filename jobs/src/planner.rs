@@ -16,8 +16,9 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, Phy
 
 use crate::asof_join::{AsOfJoinExec, AsOfJoinNode};
 use crate::part_writer::{PartWriterExec, PartWriterNode};
+use crate::window_agg::{WindowAggExec, WindowAggNode};
 
-/// Plans [`AsOfJoinNode`] and [`PartWriterNode`].
+/// Plans [`AsOfJoinNode`], [`PartWriterNode`] and [`WindowAggNode`].
 #[derive(Debug, Default)]
 pub struct AlmanacExtensionPlanner;
 
@@ -50,6 +51,17 @@ impl ExtensionPlanner for AlmanacExtensionPlanner {
             return Ok(Some(Arc::new(PartWriterExec::try_new(
                 Arc::clone(input),
                 writer.params.clone(),
+            )?)));
+        }
+        if let Some(window) = any.downcast_ref::<WindowAggNode>() {
+            let [input] = physical_inputs else {
+                return datafusion::common::internal_err!(
+                    "window aggregation planned without its input"
+                );
+            };
+            return Ok(Some(Arc::new(WindowAggExec::try_new(
+                Arc::clone(input),
+                window.params.clone(),
             )?)));
         }
         Ok(None)

@@ -16,7 +16,8 @@
 //! microseconds with an integer `RANGE` frame (exact, no interval arithmetic). `latest` finds
 //! the frame's last timestamp with a value and joins back to the groups for it, because
 //! `LAST_VALUE(.. IGNORE NULLS)` over a `RANGE` frame returned nulls in DataFusion 55 (caught by
-//! the oracle tests). The single-pass window operator replaces this plan.
+//! the oracle tests). It remains for value types the single-pass operator
+//! ([`crate::window_agg`]) does not take, and as the reference the operator is tested against.
 
 use datafusion::logical_expr::Expr;
 use datafusion::prelude::ident;
@@ -37,6 +38,15 @@ fn transformation_error(file: &str, message: impl Into<String>) -> JobsError {
     }
 }
 
+/// How the window-aggregation DSL is planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowPlan {
+    /// Almanac's single-pass operator where it takes the value types, else window functions.
+    Native,
+    /// DataFusion window functions with `RANGE` frames (the earlier plan).
+    WindowFunctions,
+}
+
 /// Applies the spec's transformation to the prepared source rows.
 ///
 /// `file` names the spec in error messages.
@@ -45,6 +55,7 @@ pub async fn apply(
     spec: &FeatureSetSpec,
     file: &str,
     source: DataFrame,
+    plan: WindowPlan,
 ) -> Result<DataFrame> {
     match &spec.feature_transformation {
         None => precomputed(spec, file, source),
@@ -54,10 +65,74 @@ pub async fn apply(
         }
         Some(Transformation::TransformationExpressions(exprs)) => {
             check_dsl_columns(spec, exprs, file, &source)?;
+            if plan == WindowPlan::Native
+                && let Some(df) = native(spec, exprs, file, &source)?
+            {
+                return Ok(df);
+            }
             register_source(ctx, source, file)?;
             run_sql(ctx, &window_sql(spec, exprs), file).await
         }
     }
+}
+
+/// The DSL through [`crate::window_agg`], or `None` when a value column's type is one the
+/// operator does not take.
+fn native(
+    spec: &FeatureSetSpec,
+    exprs: &[WindowAggregation],
+    file: &str,
+    source: &DataFrame,
+) -> Result<Option<DataFrame>> {
+    use crate::window_agg::{
+        WindowAggNode, WindowAggParams, WindowFeature, WindowFunction, supports,
+    };
+    let features: Vec<WindowFeature> = exprs
+        .iter()
+        .map(|e| WindowFeature {
+            name: e.feature_name.clone(),
+            function: match e.aggregation {
+                Aggregation::Sum => WindowFunction::Sum,
+                Aggregation::Avg => WindowFunction::Avg,
+                Aggregation::Min => WindowFunction::Min,
+                Aggregation::Max => WindowFunction::Max,
+                Aggregation::Count => WindowFunction::Count,
+                Aggregation::Latest => WindowFunction::Latest,
+            },
+            column: e.source_column.clone(),
+            window: e.window.micros(),
+        })
+        .collect();
+    let params = WindowAggParams {
+        keys: spec.index_names().iter().map(|k| k.to_string()).collect(),
+        time: spec.timestamp_name().to_string(),
+        features,
+    };
+    // Only what the operator reads crosses the shuffle.
+    let mut columns: Vec<&str> = params.keys.iter().map(String::as_str).collect();
+    columns.push(&params.time);
+    for f in &params.features {
+        if let Some(c) = f.column.as_deref()
+            && !columns.contains(&c)
+        {
+            columns.push(c);
+        }
+    }
+    let projected = source
+        .clone()
+        .select(columns.iter().map(|c| ident(*c)).collect::<Vec<Expr>>())
+        .map_err(|e| transformation_error(file, format!("cannot select the DSL's columns: {e}")))?;
+    if !supports(projected.schema().as_arrow(), &params) {
+        return Ok(None);
+    }
+    let (state, input) = projected.into_parts();
+    let node = WindowAggNode::try_new(input, params)
+        .map_err(|e| transformation_error(file, e.strip_backtrace()))?;
+    let plan =
+        datafusion::logical_expr::LogicalPlan::Extension(datafusion::logical_expr::Extension {
+            node: std::sync::Arc::new(node),
+        });
+    Ok(Some(DataFrame::new(state, plan)))
 }
 
 fn precomputed(spec: &FeatureSetSpec, file: &str, source: DataFrame) -> Result<DataFrame> {

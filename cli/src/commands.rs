@@ -22,8 +22,8 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 
 use crate::{
-    BenchCommand, BenchRetrieveArgs, Cli, CliError, Command, EngineArgs, InitArgs,
-    ObservationFormat, RetrieveArgs, SampleArgs, SampleDataArgs, SourceKindArg, SpecCommand,
+    BenchCommand, Cli, CliError, Command, EngineArgs, InitArgs, ObservationFormat, RetrieveArgs,
+    SampleArgs, SampleDataArgs, SourceKindArg, SpecCommand,
 };
 
 /// Rows printed by `spec sample` when no --limit is given.
@@ -52,7 +52,7 @@ pub(crate) async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Spec(SpecCommand::Validate { dir }) => spec_validate(config, &dir, out).await,
         Command::Spec(SpecCommand::Sample(args)) => spec_sample(config, &args, out).await,
         Command::Retrieve(args) => retrieve(config, &cli.home, &args, out).await,
-        Command::Bench(BenchCommand::Retrieve(args)) => bench_retrieve(config, &args, out).await,
+        Command::Bench(command) => bench(config, command, out).await,
         Command::Entity(c) => crate::store::entity(&cli.home, c, out),
         Command::Feature(c) => crate::store::feature(&cli.home, c, out),
         Command::Featureset(c) => crate::store::featureset(config, &cli.home, c, out).await,
@@ -476,22 +476,62 @@ pub(crate) fn print_retrieval(
     Ok(())
 }
 
-async fn bench_retrieve(
+async fn bench(
     config: EngineConfig,
-    args: &BenchRetrieveArgs,
+    command: BenchCommand,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    use almanac_jobs::bench::{RetrieveBenchScale, prepare, run};
-    let scale = RetrieveBenchScale {
+    use almanac_jobs::bench::{
+        BenchReport, BenchScale, Machine, prepare, run_backfill, run_features, run_retrieve,
+    };
+    use almanac_jobs::compute::WindowPlan;
+    let (args, features, backfill, retrieve) = match &command {
+        BenchCommand::All(a) => (a, true, true, true),
+        BenchCommand::Features(a) => (a, true, false, false),
+        BenchCommand::Backfill(a) => (a, false, true, false),
+        BenchCommand::Retrieve(a) => (a, false, false, true),
+    };
+    if !(0.0..1.0).contains(&args.hot_key_share) {
+        return Err(CliError::Usage(format!(
+            "--hot-key-share {}: expected a share from 0 up to (not including) 1, e.g. 0.02",
+            args.hot_key_share
+        )));
+    }
+    let scale = BenchScale {
         observations: args.observations,
         transactions: args.transactions,
         accounts: args.accounts,
         days: args.days,
         seed: args.seed,
+        hot_key_share: args.hot_key_share,
     };
     let account_rows = prepare(&args.dir, &scale)?;
     let engine = engine(config.clone()).await?;
-    let report = run(&engine, &config, &args.dir, &scale, account_rows).await?;
+    let mut report = BenchReport {
+        scale: scale.clone(),
+        machine: Machine::new(&config),
+        features: Vec::new(),
+        window_operator_speedup: None,
+        backfill: None,
+        retrieve: None,
+    };
+    if features {
+        for plan in [WindowPlan::Native, WindowPlan::WindowFunctions] {
+            report
+                .features
+                .push(run_features(&engine, &args.dir, &scale, plan).await?);
+        }
+        if let [native, functions] = &report.features[..] {
+            report.window_operator_speedup =
+                Some(functions.phase.elapsed_s / native.phase.elapsed_s.max(1e-9));
+        }
+    }
+    if backfill {
+        report.backfill = Some(run_backfill(&engine, &args.dir, &scale).await?);
+    }
+    if retrieve {
+        report.retrieve = Some(run_retrieve(&engine, &args.dir, &scale, account_rows).await?);
+    }
     if args.json {
         let json = serde_json::to_string(&report)
             .map_err(|e| CliError::Usage(format!("cannot print the report: {e}")))?;
@@ -502,34 +542,73 @@ async fn bench_retrieve(
         b.map(|b| format!("{:.0} MiB", b as f64 / 1048576.0))
             .unwrap_or_else(|| "unknown".to_string())
     };
+    let m = &report.machine;
     writeln!(
         out,
-        "retrieve: {} observations x {} features from {} transactions ({} accounts) and {} account rows",
-        scale.observations,
-        report.features,
+        "{} transactions, {} accounts, {} days{}; {} build, {} cores, parallelism {}, {} partitions, memory limit {}",
         scale.transactions,
         scale.accounts,
-        report.account_rows
-    )?;
-    writeln!(
-        out,
-        "  {:.2}s, {:.0} observation rows/s, peak memory {} (before: {}), memory limit {}",
-        report.elapsed_s,
-        report.observation_rows_per_s,
-        mib(report.peak_rss_bytes),
-        mib(report.rss_before_bytes),
-        report
-            .memory_limit_bytes
+        scale.days,
+        if scale.hot_key_share > 0.0 {
+            format!(
+                ", one account with {:.1}% of them",
+                scale.hot_key_share * 100.0
+            )
+        } else {
+            String::new()
+        },
+        m.build,
+        m.cores,
+        m.parallelism,
+        m.target_partitions,
+        m.memory_limit_bytes
             .map(|b| mib(Some(b as u64)))
             .unwrap_or_else(|| "none".to_string())
     )?;
-    writeln!(
-        out,
-        "  {} build, {} cores, parallelism {}, {} partitions",
-        report.build, report.cores, report.parallelism, report.target_partitions
-    )?;
-    for (set, matched) in &report.matches {
-        writeln!(out, "  {set}: {matched} matched")?;
+    for f in &report.features {
+        writeln!(
+            out,
+            "features ({}): {:.2}s, {:.0} source rows/s, {} rows out, peak memory {}",
+            f.plan,
+            f.phase.elapsed_s,
+            f.source_rows_per_s,
+            f.output_rows,
+            mib(f.phase.peak_rss_bytes)
+        )?;
+    }
+    if let Some(x) = report.window_operator_speedup {
+        writeln!(
+            out,
+            "  the window operator is {x:.1}x as fast as window functions"
+        )?;
+    }
+    if let Some(b) = &report.backfill {
+        writeln!(
+            out,
+            "backfill: {} tasks, {:.2}s, {} rows ({:.0} rows/s), {} files ({}), peak memory {}",
+            b.tasks,
+            b.phase.elapsed_s,
+            b.rows_written,
+            b.rows_per_s,
+            b.files_written,
+            mib(Some(b.bytes_written)),
+            mib(b.phase.peak_rss_bytes)
+        )?;
+    }
+    if let Some(r) = &report.retrieve {
+        writeln!(
+            out,
+            "retrieve: {} observations x {} features ({} account rows): {:.2}s, {:.0} observation rows/s, peak memory {}",
+            r.observations,
+            r.features,
+            r.account_rows,
+            r.phase.elapsed_s,
+            r.observation_rows_per_s,
+            mib(r.phase.peak_rss_bytes)
+        )?;
+        for (set, matched) in &r.matches {
+            writeln!(out, "  {set}: {matched} matched")?;
+        }
     }
     Ok(())
 }

@@ -364,16 +364,25 @@ pub enum FeatureCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Retrieve every tutorial feature onto generated observations; prints observation rows
-    /// per second, time and peak memory.
-    Retrieve(BenchRetrieveArgs),
+    /// Features, backfill and retrieval, one after another on the same data: one report.
+    All(BenchArgs),
+    /// The transactions set's DSL over the whole period, by Almanac's window operator and by
+    /// DataFusion window functions: source rows per second, time and peak memory of each.
+    Features(BenchArgs),
+    /// Materialize the transactions set into a new offline store, one task per day: rows and
+    /// files written, rows per second, time and peak memory.
+    Backfill(BenchArgs),
+    /// Retrieve every tutorial feature onto generated observations: observation rows per
+    /// second, time and peak memory.
+    Retrieve(BenchArgs),
 }
 
 #[derive(Debug, Args)]
-pub struct BenchRetrieveArgs {
-    /// Folder for the generated data (reused when the scale matches) and the output.
+pub struct BenchArgs {
+    /// Folder for the generated data (reused when the scale matches) and the outputs.
     #[arg(long, default_value = "almanac-bench")]
     pub dir: PathBuf,
+    /// Observation rows (retrieval).
     #[arg(long, default_value_t = 1_000_000)]
     pub observations: usize,
     #[arg(long, default_value_t = 10_000_000)]
@@ -385,6 +394,9 @@ pub struct BenchRetrieveArgs {
     pub days: u32,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Skewed keys: this share of all transactions (e.g. 0.02) belongs to one account.
+    #[arg(long, default_value_t = 0.0)]
+    pub hot_key_share: f64,
     /// Print the report as one JSON object only.
     #[arg(long)]
     pub json: bool,

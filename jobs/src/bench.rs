@@ -1,9 +1,17 @@
-//! `almanac bench retrieve`: point-in-time retrieval at a stated scale, measured.
+//! `almanac bench`: the tutorial's work at a stated scale, measured.
+//!
+//! - **features**: the transactions set's DSL (3- and 7-day count, sum and average per
+//!   account) over the whole period, by Almanac's window operator and by DataFusion window
+//!   functions, in the same run: source rows per second.
+//! - **backfill**: the set materialized into a fresh offline store, one task per day, as
+//!   `almanac backfill` does it: rows and files written, rows per second.
+//! - **retrieve**: every tutorial feature joined point-in-time onto generated observations:
+//!   observation rows per second.
 //!
 //! Data is generated once per folder and scale (a `bench-data.json` marker records the
-//! scale), so repeated runs measure only the retrieval. Peak memory is the process's peak
-//! resident set size during the retrieval: the peak is reset after data generation (Linux
-//! `clear_refs`), so it does not count the generator.
+//! scale), so repeated runs measure only the work. Peak memory is the process's peak
+//! resident set size during each phase: the peak is reset before it (Linux `clear_refs`), so
+//! it counts neither the generator nor an earlier phase.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,11 +23,18 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::backfill::{BackfillOptions, backfill};
+use crate::compute::{WindowPlan, plan_window_with};
 use crate::engine::{Engine, EngineConfig};
-use crate::error::{JobsError, Result};
+use crate::error::{EngineResultExt, JobsError, Result};
+use crate::manager::RunOptions;
+use crate::materialize::DataStatus;
+use crate::registry::{FeatureSetRef, Registry};
 use crate::retrieve::{RetrieveOptions, parse_feature_list, retrieve};
 use crate::sample_data::{SampleDataOptions, generate, write_parquet};
+use crate::source::TimeRange;
 use crate::spec::write_atomic;
+use crate::spec::{EntitySpec, LoadedSpec};
 
 const DAY: i64 = 86_400_000_000;
 const MARKER: &str = "bench-data.json";
@@ -31,6 +46,9 @@ const TRANSACTIONS_SPEC: &str =
     include_str!("../../examples/fraud/featuresets/transactions/spec/FeatureSetSpec.yaml");
 const ACCOUNTS_SPEC: &str =
     include_str!("../../examples/fraud/featuresets/accounts/spec/FeaturesetSpec.yaml");
+const TRANSACTIONS_ASSET: &str =
+    include_str!("../../examples/fraud/featuresets/transactions/featureset_asset.yaml");
+const ACCOUNT_ENTITY: &str = include_str!("../../examples/fraud/entities/account.yaml");
 
 /// Every feature of both sets.
 const FEATURES: &str = "transactions:local:transaction_3d_count,\
@@ -39,40 +57,242 @@ transactions:local:transaction_7d_count,transactions:local:transaction_amount_7d
 transactions:local:transaction_amount_7d_avg,accounts:local:accountCountry,\
 accounts:local:isUserRegistered,accounts:local:numPaymentRejects1dPerUser,accounts:local:accountAge";
 
-/// The scale of a retrieval benchmark.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RetrieveBenchScale {
+/// The scale of a benchmark's data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchScale {
     pub observations: usize,
     pub transactions: usize,
     pub accounts: usize,
     pub days: u32,
     pub seed: u64,
+    /// The share of transactions of one account (0: no hot key).
+    #[serde(default)]
+    pub hot_key_share: f64,
 }
 
-/// What one run measured.
+/// Where and how a benchmark ran.
 #[derive(Debug, Clone, Serialize)]
-pub struct RetrieveBenchReport {
-    pub scale: RetrieveBenchScale,
-    pub account_rows: usize,
-    pub features: usize,
-    pub elapsed_s: f64,
-    pub observation_rows_per_s: f64,
-    pub peak_rss_bytes: Option<u64>,
-    pub rss_before_bytes: Option<u64>,
-    pub memory_limit_bytes: Option<usize>,
-    pub parallelism: usize,
-    pub target_partitions: usize,
+pub struct Machine {
     pub build: &'static str,
     pub cores: usize,
+    pub parallelism: usize,
+    pub target_partitions: usize,
+    pub memory_limit_bytes: Option<usize>,
+}
+
+impl Machine {
+    pub fn new(config: &EngineConfig) -> Machine {
+        Machine {
+            build: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            parallelism: config.parallelism,
+            target_partitions: config.target_partitions,
+            memory_limit_bytes: config.memory_limit,
+        }
+    }
+}
+
+/// Time and memory of one measured phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub elapsed_s: f64,
+    /// Peak resident memory of the process during the phase.
+    pub peak_rss_bytes: Option<u64>,
+    /// Resident memory when it began.
+    pub rss_before_bytes: Option<u64>,
+}
+
+/// Runs `work` as a measured phase.
+async fn measured<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<(T, Phase)> {
+    reset_peak_memory();
+    let (_, rss_before) = memory_status();
+    let started = Instant::now();
+    let value = work.await?;
+    let elapsed_s = started.elapsed().as_secs_f64();
+    let (peak, _) = memory_status();
+    Ok((
+        value,
+        Phase {
+            elapsed_s,
+            peak_rss_bytes: peak,
+            rss_before_bytes: rss_before,
+        },
+    ))
+}
+
+/// The retrieval phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetrieveBenchReport {
+    pub observations: usize,
+    pub account_rows: usize,
+    pub features: usize,
+    pub observation_rows_per_s: f64,
+    #[serde(flatten)]
+    pub phase: Phase,
     pub matches: Vec<(String, u64)>,
+}
+
+/// The feature-computation phase for one plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeaturesBenchReport {
+    /// `window_operator` or `window_functions`.
+    pub plan: &'static str,
+    pub source_rows: usize,
+    pub output_rows: usize,
+    pub source_rows_per_s: f64,
+    #[serde(flatten)]
+    pub phase: Phase,
+}
+
+/// The backfill phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackfillBenchReport {
+    pub tasks: usize,
+    pub rows_written: u64,
+    pub files_written: usize,
+    pub bytes_written: u64,
+    pub rows_per_s: f64,
+    #[serde(flatten)]
+    pub phase: Phase,
+}
+
+/// The whole period of the generated transactions.
+fn period(scale: &BenchScale) -> TimeRange {
+    let start = SampleDataOptions::default().start;
+    TimeRange {
+        start,
+        end: start + i64::from(scale.days) * DAY,
+    }
+}
+
+/// Computes the transactions set's features over the whole period with `plan`, counting
+/// the rows as they stream out (nothing is kept).
+pub async fn run_features(
+    engine: &Engine,
+    dir: &Path,
+    scale: &BenchScale,
+    plan: WindowPlan,
+) -> Result<FeaturesBenchReport> {
+    use futures::StreamExt;
+    let loaded = LoadedSpec::load(&dir.join("featuresets/transactions/spec"))?;
+    let (output_rows, phase) = measured(async {
+        let frame = plan_window_with(engine, &loaded, period(scale), plan).await?;
+        let mut stream = frame
+            .frame
+            .execute_stream()
+            .await
+            .context(|| "computing the benchmark's features".to_string())?;
+        let mut rows = 0;
+        while let Some(batch) = stream.next().await {
+            rows += batch
+                .context(|| "computing the benchmark's features".to_string())?
+                .num_rows();
+        }
+        Ok(rows)
+    })
+    .await?;
+    Ok(FeaturesBenchReport {
+        plan: match plan {
+            WindowPlan::Native => "window_operator",
+            WindowPlan::WindowFunctions => "window_functions",
+        },
+        source_rows: scale.transactions,
+        output_rows,
+        source_rows_per_s: scale.transactions as f64 / phase.elapsed_s.max(1e-9),
+        phase,
+    })
+}
+
+/// Files and bytes under `dir`, recursively.
+fn files_under(dir: &Path, extension: &str) -> (usize, u64) {
+    let mut found = (0, 0);
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            let (n, b) = files_under(&path, extension);
+            found = (found.0 + n, found.1 + b);
+        } else if path.extension().is_some_and(|e| e == extension) {
+            found.0 += 1;
+            found.1 += entry.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    found
+}
+
+/// Backfills the transactions set over the whole period into a new store under `dir`.
+pub async fn run_backfill(
+    engine: &Engine,
+    dir: &Path,
+    scale: &BenchScale,
+) -> Result<BackfillBenchReport> {
+    let home = dir.join("store");
+    if home.exists() {
+        std::fs::remove_dir_all(&home).map_err(|e| JobsError::io("cannot replace", &home, e))?;
+    }
+    let mut registry = Registry::open(&home)?;
+    registry.create_entity(&EntitySpec::load(&dir.join("entities/account.yaml"))?)?;
+    let (set, _) =
+        registry.create_feature_set(&dir.join("featuresets/transactions/featureset_asset.yaml"))?;
+    drop(registry);
+    let options = BackfillOptions {
+        feature_set: set.clone(),
+        window: period(scale),
+        statuses: vec![DataStatus::None, DataStatus::Incomplete],
+        partition: DAY,
+    };
+    let (report, phase) = measured(async {
+        backfill(engine, &home, &options, &RunOptions::default(), &|_| {}).await
+    })
+    .await?;
+    if report.failed() > 0 {
+        return Err(JobsError::InvalidInput(format!(
+            "{} backfill task(s) of the benchmark failed; see `almanac --home {} job show`",
+            report.failed(),
+            home.display()
+        )));
+    }
+    let table = home.join("offline").join(&set.name).join(&set.version);
+    let (files_written, bytes_written) = files_under(&table, "parquet");
+    let rows_written = report.rows();
+    Ok(BackfillBenchReport {
+        tasks: report.tasks.len(),
+        rows_written,
+        files_written,
+        bytes_written,
+        rows_per_s: rows_written as f64 / phase.elapsed_s.max(1e-9),
+        phase,
+    })
+}
+
+/// A benchmark run: its scale, where it ran, and the phases it measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub scale: BenchScale,
+    pub machine: Machine,
+    pub features: Vec<FeaturesBenchReport>,
+    /// Window functions' time over the window operator's, when both ran.
+    pub window_operator_speedup: Option<f64>,
+    pub backfill: Option<BackfillBenchReport>,
+    pub retrieve: Option<RetrieveBenchReport>,
+}
+
+/// The registered reference the benchmark store uses.
+pub fn bench_feature_set() -> FeatureSetRef {
+    FeatureSetRef::new("transactions", "1")
 }
 
 /// Generates the data for `scale` under `dir` unless it is already there. Returns the number
 /// of account rows.
-pub fn prepare(dir: &Path, scale: &RetrieveBenchScale) -> Result<usize> {
+pub fn prepare(dir: &Path, scale: &BenchScale) -> Result<usize> {
     let marker = dir.join(MARKER);
     if let Ok(text) = std::fs::read_to_string(&marker)
-        && let Ok((existing, rows)) = serde_json::from_str::<(RetrieveBenchScale, usize)>(&text)
+        && let Ok((existing, rows)) = serde_json::from_str::<(BenchScale, usize)>(&text)
         && existing == *scale
     {
         tracing::info!(dir = %dir.display(), "reusing benchmark data");
@@ -90,18 +310,27 @@ pub fn prepare(dir: &Path, scale: &RetrieveBenchScale) -> Result<usize> {
         seed: scale.seed,
         // One snapshot per account, as the stated scale has it.
         account_snapshot_days: scale.days + 7,
+        hot_key_share: scale.hot_key_share,
         ..SampleDataOptions::default()
     };
     let summary = generate(&dir.join("data"), &options, true)?;
     write_observations(&dir.join("observations"), scale, options.start)?;
-    for (name, file, text) in [
-        ("transactions", "FeatureSetSpec.yaml", TRANSACTIONS_SPEC),
-        ("accounts", "FeaturesetSpec.yaml", ACCOUNTS_SPEC),
+    for (path, text) in [
+        (
+            "featuresets/transactions/spec/FeatureSetSpec.yaml",
+            TRANSACTIONS_SPEC,
+        ),
+        (
+            "featuresets/accounts/spec/FeaturesetSpec.yaml",
+            ACCOUNTS_SPEC,
+        ),
+        (
+            "featuresets/transactions/featureset_asset.yaml",
+            TRANSACTIONS_ASSET,
+        ),
+        ("entities/account.yaml", ACCOUNT_ENTITY),
     ] {
-        write_atomic(
-            &dir.join("featuresets").join(name).join("spec").join(file),
-            text.as_bytes(),
-        )?;
+        write_atomic(&dir.join(path), text.as_bytes())?;
     }
     let text = serde_json::to_string(&(scale, summary.account_snapshots))
         .map_err(|e| JobsError::InvalidInput(format!("cannot record the benchmark scale: {e}")))?;
@@ -110,7 +339,7 @@ pub fn prepare(dir: &Path, scale: &RetrieveBenchScale) -> Result<usize> {
 }
 
 /// Observation rows for random accounts at random times after the first week.
-fn write_observations(dir: &Path, scale: &RetrieveBenchScale, start: i64) -> Result<()> {
+fn write_observations(dir: &Path, scale: &BenchScale, start: i64) -> Result<()> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| JobsError::io("cannot replace", dir, e))?;
     }
@@ -189,11 +418,10 @@ fn reset_peak_memory() {
 }
 
 /// Runs the retrieval of every tutorial feature onto the benchmark observations.
-pub async fn run(
+pub async fn run_retrieve(
     engine: &Engine,
-    config: &EngineConfig,
     dir: &Path,
-    scale: &RetrieveBenchScale,
+    scale: &BenchScale,
     account_rows: usize,
 ) -> Result<RetrieveBenchReport> {
     let requests = parse_feature_list(FEATURES)?;
@@ -216,31 +444,13 @@ pub async fn run(
         rows_per_file: crate::retrieve::DEFAULT_ROWS_PER_FILE,
         home: None,
     };
-    reset_peak_memory();
-    let (_, rss_before) = memory_status();
-    let started = Instant::now();
-    let summary = retrieve(engine, &options).await?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let (peak, _) = memory_status();
+    let (summary, phase) = measured(retrieve(engine, &options)).await?;
     Ok(RetrieveBenchReport {
-        scale: scale.clone(),
+        observations: scale.observations,
         account_rows,
         features,
-        elapsed_s: elapsed,
-        observation_rows_per_s: summary.rows_in as f64 / elapsed.max(1e-9),
-        peak_rss_bytes: peak,
-        rss_before_bytes: rss_before,
-        memory_limit_bytes: config.memory_limit,
-        parallelism: config.parallelism,
-        target_partitions: config.target_partitions,
-        build: if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
-        cores: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
+        observation_rows_per_s: summary.rows_in as f64 / phase.elapsed_s.max(1e-9),
+        phase,
         matches: summary.matches,
     })
 }

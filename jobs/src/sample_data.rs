@@ -38,6 +38,9 @@ pub struct SampleDataOptions {
     pub start: i64,
     /// Days between account snapshots (the first is a week before `start`).
     pub account_snapshot_days: u32,
+    /// The share of all transactions that go to one account (`A1000000`), spread over the
+    /// whole period: a hot key for benchmarks. 0 leaves the data as it always was.
+    pub hot_key_share: f64,
 }
 
 impl Default for SampleDataOptions {
@@ -49,6 +52,7 @@ impl Default for SampleDataOptions {
             seed: 42,
             start: crate::time::parse_instant("2023-01-01").unwrap_or(0),
             account_snapshot_days: 7,
+            hot_key_share: 0.0,
         }
     }
 }
@@ -174,7 +178,14 @@ fn write_all(root: &Path, o: &SampleDataOptions) -> Result<SampleDataSummary> {
         .enumerate()
         .map(|(i, a)| {
             let base = 1.0 / ((i % 97 + 1) as f64).powf(0.7);
-            if a.fraudster { base * 3.0 } else { base }
+            if i == 0 && o.hot_key_share > 0.0 && accounts.len() > 1 {
+                // The hot account has exactly its share, none of the others'.
+                0.0
+            } else if a.fraudster {
+                base * 3.0
+            } else {
+                base
+            }
         })
         .collect();
     let total: f64 = weights.iter().sum();
@@ -199,12 +210,18 @@ fn write_all(root: &Path, o: &SampleDataOptions) -> Result<SampleDataSummary> {
     }
     let mut txns: Vec<Txn> = (0..o.transactions)
         .map(|i| {
+            // Draws only when asked for, so data without a hot key is what it always was.
+            let hot = o.hot_key_share > 0.0 && rng.random_bool(o.hot_key_share.min(1.0));
             let r: f64 = rng.random();
-            let account = cumulative
-                .partition_point(|c| *c < r)
-                .min(accounts.len() - 1);
+            let account = if hot {
+                0
+            } else {
+                cumulative
+                    .partition_point(|c| *c < r)
+                    .min(accounts.len() - 1)
+            };
             let a = &accounts[account];
-            let in_burst = a.fraudster && rng.random_bool(0.7);
+            let in_burst = !hot && a.fraudster && rng.random_bool(0.7);
             let ts = if in_burst {
                 (a.burst + (normal(&mut rng) * 12.0 * HOUR as f64) as i64)
                     .clamp(o.start, o.start + span - 1)

@@ -1110,3 +1110,84 @@ fn training_pipeline_steps_learn_the_signal_and_score_new_rows() {
     ));
     assert!(err.contains("model.json"), "{err}");
 }
+
+/// `almanac bench all` at a small scale: every phase runs and reports; both feature plans
+/// give the same rows; a skewed run puts the stated share of rows on one account.
+#[test]
+fn bench_all_measures_every_phase() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bench");
+    let args = |share: &str| {
+        vec![
+            "bench".to_string(),
+            "all".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--transactions".into(),
+            "3000".into(),
+            "--accounts".into(),
+            "40".into(),
+            "--days".into(),
+            "15".into(),
+            "--observations".into(),
+            "500".into(),
+            "--hot-key-share".into(),
+            share.into(),
+            "--json".into(),
+        ]
+    };
+    let run = |share: &str| -> serde_json::Value {
+        let args = args(share);
+        let out = ok(&run_cli(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        ));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let report = run("0");
+    let features = report["features"].as_array().unwrap();
+    assert_eq!(features.len(), 2, "{report}");
+    assert_eq!(features[0]["plan"], "window_operator");
+    assert_eq!(features[1]["plan"], "window_functions");
+    assert_eq!(features[0]["output_rows"], features[1]["output_rows"]);
+    assert!(
+        features[0]["output_rows"].as_u64().unwrap() > 2_000,
+        "{report}"
+    );
+    assert!(report["window_operator_speedup"].as_f64().unwrap() > 0.0);
+    let backfill = &report["backfill"];
+    assert_eq!(backfill["tasks"], 15);
+    assert_eq!(backfill["rows_written"], features[0]["output_rows"]);
+    assert!(
+        backfill["files_written"].as_u64().unwrap() >= 15,
+        "{report}"
+    );
+    assert!(backfill["peak_rss_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(report["retrieve"]["observations"], 500);
+    assert!(
+        report["retrieve"]["observation_rows_per_s"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert_eq!(report["machine"]["build"], "debug");
+
+    // A hot key: one account's transactions are the stated share (within sampling noise).
+    let report = run("0.2");
+    assert_eq!(report["scale"]["hot_key_share"], 0.2);
+    let transactions = almanac_tests::fixtures::read_folder(&dir.join("data/transactions"));
+    let mut hot = 0;
+    let mut total = 0;
+    for b in &transactions {
+        let ids = b.column_by_name("accountID").unwrap();
+        let ids = cast(ids, &DataType::Utf8).unwrap();
+        let ids = ids.as_string::<i32>();
+        total += ids.len();
+        hot += ids.iter().filter(|a| *a == Some("A1000000")).count();
+    }
+    assert_eq!(total, 3000);
+    let share = hot as f64 / total as f64;
+    assert!((0.17..0.23).contains(&share), "{share}");
+
+    let error = failed(&run_cli(&["bench", "features", "--hot-key-share", "1.5"]));
+    assert!(error.contains("--hot-key-share 1.5"), "{error}");
+}

@@ -611,8 +611,12 @@ impl PartitionState {
                         rows: 1,
                         first: Source { batch: slot, row },
                     });
-                    self.pending_partials =
-                        self.value_ends().into_iter().map(Partial::empty).collect();
+                    // Reused for every group: no allocation per (key, timestamp).
+                    self.pending_partials.clear();
+                    for c in 0..self.values.len() {
+                        let end = self.value_base[c] + self.values[c].len();
+                        self.pending_partials.push(Partial::empty(end));
+                    }
                 }
             }
             for (c, partial) in self.pending_partials.iter_mut().enumerate() {
@@ -644,15 +648,6 @@ impl PartitionState {
             }
         }
         Ok(())
-    }
-
-    /// Absolute positions just past each column's queued values.
-    fn value_ends(&self) -> Vec<usize> {
-        self.values
-            .iter()
-            .zip(&self.value_base)
-            .map(|(v, b)| b + v.len())
-            .collect()
     }
 
     /// The input ended: the last group is complete.
@@ -691,6 +686,7 @@ impl PartitionState {
                 f.column,
             );
         }
+        self.pending_partials = partials;
         // The tails: groups older than `ts - window` leave.
         for (w, &length) in self.resolved.windows.iter().enumerate() {
             let lower = ts.saturating_sub(length);

@@ -22,8 +22,8 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 
 use crate::{
-    BenchCommand, Cli, CliError, Command, EngineArgs, InitArgs, ObservationFormat, RetrieveArgs,
-    SampleArgs, SampleDataArgs, SourceKindArg, SpecCommand,
+    BenchCommand, BenchPlans, Cli, CliError, Command, EngineArgs, InitArgs, ObservationFormat,
+    RetrieveArgs, SampleArgs, SampleDataArgs, SourceKindArg, SpecCommand,
 };
 
 /// Rows printed by `spec sample` when no --limit is given.
@@ -497,6 +497,18 @@ async fn bench(
             args.hot_key_share
         )));
     }
+    if args.task_days == 0 {
+        return Err(CliError::Usage(
+            "--task-days 0: expected a whole number of days, at least 1".to_string(),
+        ));
+    }
+    if let Some(s) = args.zipf
+        && !(s.is_finite() && s > 0.0)
+    {
+        return Err(CliError::Usage(format!(
+            "--zipf {s}: expected a positive exponent, e.g. 1.1"
+        )));
+    }
     let scale = BenchScale {
         observations: args.observations,
         transactions: args.transactions,
@@ -504,6 +516,7 @@ async fn bench(
         days: args.days,
         seed: args.seed,
         hot_key_share: args.hot_key_share,
+        zipf: args.zipf,
     };
     let account_rows = prepare(&args.dir, &scale)?;
     let engine = engine(config.clone()).await?;
@@ -516,7 +529,12 @@ async fn bench(
         retrieve: None,
     };
     if features {
-        for plan in [WindowPlan::Native, WindowPlan::WindowFunctions] {
+        let plans: &[WindowPlan] = match args.plans {
+            BenchPlans::Both => &[WindowPlan::Native, WindowPlan::WindowFunctions],
+            BenchPlans::Operator => &[WindowPlan::Native],
+            BenchPlans::WindowFunctions => &[WindowPlan::WindowFunctions],
+        };
+        for &plan in plans {
             report
                 .features
                 .push(run_features(&engine, &args.dir, &scale, plan).await?);
@@ -527,7 +545,7 @@ async fn bench(
         }
     }
     if backfill {
-        report.backfill = Some(run_backfill(&engine, &args.dir, &scale).await?);
+        report.backfill = Some(run_backfill(&engine, &args.dir, &scale, args.task_days).await?);
     }
     if retrieve {
         report.retrieve = Some(run_retrieve(&engine, &args.dir, &scale, account_rows).await?);
@@ -556,7 +574,10 @@ async fn bench(
             )
         } else {
             String::new()
-        },
+        } + &scale
+            .zipf
+            .map(|s| format!(", Zipf-distributed accounts (s = {s})"))
+            .unwrap_or_default(),
         m.build,
         m.cores,
         m.parallelism,
@@ -585,8 +606,9 @@ async fn bench(
     if let Some(b) = &report.backfill {
         writeln!(
             out,
-            "backfill: {} tasks, {:.2}s, {} rows ({:.0} rows/s), {} files ({}), peak memory {}",
+            "backfill: {} tasks of {} day(s), {:.2}s, {} rows ({:.0} rows/s), {} files ({}), peak memory {}",
             b.tasks,
+            b.task_days,
             b.phase.elapsed_s,
             b.rows_written,
             b.rows_per_s,

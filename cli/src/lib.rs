@@ -397,9 +397,30 @@ pub struct BenchArgs {
     /// Skewed keys: this share of all transactions (e.g. 0.02) belongs to one account.
     #[arg(long, default_value_t = 0.0)]
     pub hot_key_share: f64,
+    /// Zipf-skewed keys: the account of rank k has weight 1/k^S (e.g. 1.1; the busiest of
+    /// 100k accounts then has about 9% of the rows).
+    #[arg(long, value_name = "S")]
+    pub zipf: Option<f64>,
     /// Print the report as one JSON object only.
     #[arg(long)]
     pub json: bool,
+    /// Days each backfill task materializes (`almanac backfill --partition`); every task also
+    /// reads the source lookback before its days, so longer tasks read less twice.
+    #[arg(long, default_value_t = 1)]
+    pub task_days: u32,
+    /// Which plans the features phase measures: both (the comparison), or one of them.
+    #[arg(long, value_enum, default_value_t = BenchPlans::Both)]
+    pub plans: BenchPlans,
+}
+
+/// The feature plans `almanac bench features` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchPlans {
+    Both,
+    /// Almanac's window operator only.
+    Operator,
+    /// DataFusion window functions only.
+    WindowFunctions,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -3,8 +3,8 @@
 //! - **features**: the transactions set's DSL (3- and 7-day count, sum and average per
 //!   account) over the whole period, by Almanac's window operator and by DataFusion window
 //!   functions, in the same run: source rows per second.
-//! - **backfill**: the set materialized into a fresh offline store, one task per day, as
-//!   `almanac backfill` does it: rows and files written, rows per second.
+//! - **backfill**: the set materialized into a fresh offline store, one task per day (or per
+//!   `task_days`), as `almanac backfill` does it: rows and files written, rows per second.
 //! - **retrieve**: every tutorial feature joined point-in-time onto generated observations:
 //!   observation rows per second.
 //!
@@ -68,6 +68,9 @@ pub struct BenchScale {
     /// The share of transactions of one account (0: no hot key).
     #[serde(default)]
     pub hot_key_share: f64,
+    /// The exponent of Zipf-distributed account activity, if any.
+    #[serde(default)]
+    pub zipf: Option<f64>,
 }
 
 /// Where and how a benchmark ran.
@@ -154,6 +157,8 @@ pub struct FeaturesBenchReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct BackfillBenchReport {
     pub tasks: usize,
+    /// Days each task materializes; each also reads the set's source lookback before them.
+    pub task_days: u32,
     pub rows_written: u64,
     pub files_written: usize,
     pub bytes_written: u64,
@@ -225,12 +230,19 @@ fn files_under(dir: &Path, extension: &str) -> (usize, u64) {
     found
 }
 
-/// Backfills the transactions set over the whole period into a new store under `dir`.
+/// Backfills the transactions set over the whole period into a new store under `dir`, one
+/// task per `task_days` days.
 pub async fn run_backfill(
     engine: &Engine,
     dir: &Path,
     scale: &BenchScale,
+    task_days: u32,
 ) -> Result<BackfillBenchReport> {
+    if task_days == 0 {
+        return Err(JobsError::InvalidInput(
+            "the benchmark's task length must be at least 1 day".to_string(),
+        ));
+    }
     let home = dir.join("store");
     if home.exists() {
         std::fs::remove_dir_all(&home).map_err(|e| JobsError::io("cannot replace", &home, e))?;
@@ -244,7 +256,7 @@ pub async fn run_backfill(
         feature_set: set.clone(),
         window: period(scale),
         statuses: vec![DataStatus::None, DataStatus::Incomplete],
-        partition: DAY,
+        partition: i64::from(task_days) * DAY,
     };
     let (report, phase) = measured(async {
         backfill(engine, &home, &options, &RunOptions::default(), &|_| {}).await
@@ -262,6 +274,7 @@ pub async fn run_backfill(
     let rows_written = report.rows();
     Ok(BackfillBenchReport {
         tasks: report.tasks.len(),
+        task_days,
         rows_written,
         files_written,
         bytes_written,
@@ -311,6 +324,7 @@ pub fn prepare(dir: &Path, scale: &BenchScale) -> Result<usize> {
         // One snapshot per account, as the stated scale has it.
         account_snapshot_days: scale.days + 7,
         hot_key_share: scale.hot_key_share,
+        zipf: scale.zipf,
         ..SampleDataOptions::default()
     };
     let summary = generate(&dir.join("data"), &options, true)?;

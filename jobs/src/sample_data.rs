@@ -41,6 +41,9 @@ pub struct SampleDataOptions {
     /// The share of all transactions that go to one account (`A1000000`), spread over the
     /// whole period: a hot key for benchmarks. 0 leaves the data as it always was.
     pub hot_key_share: f64,
+    /// Zipf-distributed activity with this exponent: the account of rank k (in id order) has
+    /// weight 1/k^s. `None` keeps the tutorial-like mix.
+    pub zipf: Option<f64>,
 }
 
 impl Default for SampleDataOptions {
@@ -53,6 +56,7 @@ impl Default for SampleDataOptions {
             start: crate::time::parse_instant("2023-01-01").unwrap_or(0),
             account_snapshot_days: 7,
             hot_key_share: 0.0,
+            zipf: None,
         }
     }
 }
@@ -181,6 +185,8 @@ fn write_all(root: &Path, o: &SampleDataOptions) -> Result<SampleDataSummary> {
             if i == 0 && o.hot_key_share > 0.0 && accounts.len() > 1 {
                 // The hot account has exactly its share, none of the others'.
                 0.0
+            } else if let Some(s) = o.zipf {
+                1.0 / ((i + 1) as f64).powf(s)
             } else if a.fraudster {
                 base * 3.0
             } else {

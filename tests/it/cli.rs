@@ -1112,13 +1112,14 @@ fn training_pipeline_steps_learn_the_signal_and_score_new_rows() {
 }
 
 /// `almanac bench all` at a small scale: every phase runs and reports; both feature plans
-/// give the same rows; a skewed run puts the stated share of rows on one account.
+/// give the same rows; a skewed run puts the stated share of rows on one account; Zipf keys
+/// follow their law; multi-day backfill tasks write the same rows.
 #[test]
 fn bench_all_measures_every_phase() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("bench");
-    let args = |share: &str| {
-        vec![
+    let args = |share: &str, extra: &[&str]| {
+        let mut args = vec![
             "bench".to_string(),
             "all".into(),
             "--dir".into(),
@@ -1134,16 +1135,18 @@ fn bench_all_measures_every_phase() {
             "--hot-key-share".into(),
             share.into(),
             "--json".into(),
-        ]
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
     };
-    let run = |share: &str| -> serde_json::Value {
-        let args = args(share);
+    let run = |share: &str, extra: &[&str]| -> serde_json::Value {
+        let args = args(share, extra);
         let out = ok(&run_cli(
             &args.iter().map(String::as_str).collect::<Vec<_>>(),
         ));
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     };
-    let report = run("0");
+    let report = run("0", &[]);
     let features = report["features"].as_array().unwrap();
     assert_eq!(features.len(), 2, "{report}");
     assert_eq!(features[0]["plan"], "window_operator");
@@ -1172,22 +1175,54 @@ fn bench_all_measures_every_phase() {
     assert_eq!(report["machine"]["build"], "debug");
 
     // A hot key: one account's transactions are the stated share (within sampling noise).
-    let report = run("0.2");
+    let report = run("0.2", &[]);
     assert_eq!(report["scale"]["hot_key_share"], 0.2);
-    let transactions = almanac_tests::fixtures::read_folder(&dir.join("data/transactions"));
-    let mut hot = 0;
-    let mut total = 0;
-    for b in &transactions {
-        let ids = b.column_by_name("accountID").unwrap();
-        let ids = cast(ids, &DataType::Utf8).unwrap();
-        let ids = ids.as_string::<i32>();
-        total += ids.len();
-        hot += ids.iter().filter(|a| *a == Some("A1000000")).count();
-    }
-    assert_eq!(total, 3000);
-    let share = hot as f64 / total as f64;
+    let share_of = |account: &str| {
+        let transactions = almanac_tests::fixtures::read_folder(&dir.join("data/transactions"));
+        let mut hits = 0;
+        let mut total = 0;
+        for b in &transactions {
+            let ids = b.column_by_name("accountID").unwrap();
+            let ids = cast(ids, &DataType::Utf8).unwrap();
+            let ids = ids.as_string::<i32>();
+            total += ids.len();
+            hits += ids.iter().filter(|a| *a == Some(account)).count();
+        }
+        assert_eq!(total, 3000);
+        hits as f64 / total as f64
+    };
+    let share = share_of("A1000000");
     assert!((0.17..0.23).contains(&share), "{share}");
+
+    // Zipf keys with s = 1.2 over 40 accounts; the operator alone; 7-day backfill tasks.
+    let report = run(
+        "0",
+        &["--zipf", "1.2", "--plans", "operator", "--task-days", "7"],
+    );
+    assert_eq!(report["scale"]["zipf"], 1.2);
+    let features = report["features"].as_array().unwrap();
+    assert_eq!(features.len(), 1, "{report}");
+    assert_eq!(features[0]["plan"], "window_operator");
+    assert_eq!(report["backfill"]["tasks"], 3, "15 days as 7 + 7 + 1");
+    assert_eq!(report["backfill"]["task_days"], 7);
+    assert_eq!(
+        report["backfill"]["rows_written"],
+        features[0]["output_rows"]
+    );
+    let harmonic: f64 = (1..=40).map(|k| (k as f64).powf(-1.2)).sum();
+    for (rank, account) in [(1, "A1000000"), (2, "A1000001"), (10, "A1000009")] {
+        let expected = (rank as f64).powf(-1.2) / harmonic;
+        let share = share_of(account);
+        assert!(
+            (share - expected).abs() < 0.03,
+            "{account}: share {share}, Zipf expects {expected}"
+        );
+    }
 
     let error = failed(&run_cli(&["bench", "features", "--hot-key-share", "1.5"]));
     assert!(error.contains("--hot-key-share 1.5"), "{error}");
+    let error = failed(&run_cli(&["bench", "features", "--zipf", "0"]));
+    assert!(error.contains("--zipf 0"), "{error}");
+    let error = failed(&run_cli(&["bench", "backfill", "--task-days", "0"]));
+    assert!(error.contains("--task-days 0"), "{error}");
 }

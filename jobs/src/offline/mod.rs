@@ -36,7 +36,7 @@ use crate::error::{EngineResultExt, JobsError, Result};
 use crate::part_writer::{Layout, PartWriterNode, PartWriterParams};
 use crate::registry::FeatureSetRef;
 use crate::source::TimeRange;
-use crate::spec::{FeatureSetSpec, FeatureType, LoadedSpec};
+use crate::spec::{FeatureSetSpec, FeatureType, LoadedSpec, Transformation};
 use crate::time::format_instant;
 
 /// The partition column.
@@ -243,7 +243,12 @@ pub async fn materialize_task(
     let planned = plan_window(engine, loaded, window).await?;
     let source = planned.source.clone();
     let read_range = planned.read_range;
-    let frame = deduplicated(planned.frame, spec)?;
+    // The DSL emits one row per (index key, timestamp) by construction (it groups by them), so
+    // only SQL and precomputed sets pay for a second shuffle and sort to deduplicate.
+    let frame = match spec.feature_transformation {
+        Some(Transformation::TransformationExpressions(_)) => planned.frame,
+        _ => deduplicated(planned.frame, spec)?,
+    };
     let now = chrono::Utc::now().timestamp_micros();
     let mut select: Vec<Expr> = spec.index_names().into_iter().map(ident).collect();
     select.push(ident(spec.timestamp_name()));

@@ -6,6 +6,7 @@
 //! built by [`almanac_session_state`] is the one the scheduler and executors use too: it carries
 //! Almanac's functions, object stores and memory pool.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use ballista::prelude::{SessionConfigExt, SessionContextExt};
@@ -15,6 +16,7 @@ use datafusion::catalog::{
 use datafusion::execution::SessionState;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -30,7 +32,8 @@ pub struct EngineConfig {
     pub parallelism: usize,
     /// Partitions a query is split into.
     pub target_partitions: usize,
-    /// Memory pool size in bytes shared by all running queries; operators spill beyond it.
+    /// Memory pool size in bytes shared by all running queries (a fair pool: each spilling
+    /// operator gets an equal share and spills beyond it).
     /// `None`: unbounded.
     pub memory_limit: Option<usize>,
 }
@@ -76,7 +79,15 @@ pub fn almanac_session_state(config: &EngineConfig) -> Result<SessionState> {
         .with_ballista_physical_extension_codec(crate::codec::physical_codec());
     let mut runtime = runtime_builder();
     if let Some(limit) = config.memory_limit {
-        runtime = runtime.with_memory_limit(limit, 1.0);
+        // A fair pool, as Ballista's executors use: each spilling operator (a sort per
+        // partition, ...) gets an equal share and spills past it. A greedy pool let the first
+        // partition's sort take nearly all of it and the second partition's merge then failed
+        // (a 90-day backfill under 128 MiB). Tracking names the top consumers in errors.
+        let pool = TrackConsumersPool::new(
+            FairSpillPool::new(limit),
+            NonZeroUsize::new(5).expect("5 is not zero"),
+        );
+        runtime = runtime.with_memory_pool(Arc::new(pool));
     }
     let runtime = runtime
         .build_arc()

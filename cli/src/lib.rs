@@ -398,7 +398,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0.0)]
     pub hot_key_share: f64,
     /// Zipf-skewed keys: the account of rank k has weight 1/k^S (e.g. 1.1; the busiest of
-    /// 100k accounts then has about 9% of the rows).
+    /// 100k accounts then has about 13% of the rows).
     #[arg(long, value_name = "S")]
     pub zipf: Option<f64>,
     /// Print the report as one JSON object only.

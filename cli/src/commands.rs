@@ -481,9 +481,7 @@ async fn bench(
     command: BenchCommand,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    use almanac_jobs::bench::{
-        BenchReport, BenchScale, Machine, prepare, run_backfill, run_features, run_retrieve,
-    };
+    use almanac_jobs::bench::{BenchPhases, BenchScale, prepare, run};
     use almanac_jobs::compute::WindowPlan;
     let (args, features, backfill, retrieve) = match &command {
         BenchCommand::All(a) => (a, true, true, true),
@@ -519,37 +517,18 @@ async fn bench(
         zipf: args.zipf,
     };
     let account_rows = prepare(&args.dir, &scale)?;
-    let engine = engine(config.clone()).await?;
-    let mut report = BenchReport {
-        scale: scale.clone(),
-        machine: Machine::new(&config),
-        features: Vec::new(),
-        window_operator_speedup: None,
-        backfill: None,
-        retrieve: None,
+    let phases = BenchPhases {
+        features: match (features, args.plans) {
+            (false, _) => Vec::new(),
+            (true, BenchPlans::Both) => vec![WindowPlan::Native, WindowPlan::WindowFunctions],
+            (true, BenchPlans::Operator) => vec![WindowPlan::Native],
+            (true, BenchPlans::WindowFunctions) => vec![WindowPlan::WindowFunctions],
+        },
+        backfill_task_days: backfill.then_some(args.task_days),
+        retrieve,
     };
-    if features {
-        let plans: &[WindowPlan] = match args.plans {
-            BenchPlans::Both => &[WindowPlan::Native, WindowPlan::WindowFunctions],
-            BenchPlans::Operator => &[WindowPlan::Native],
-            BenchPlans::WindowFunctions => &[WindowPlan::WindowFunctions],
-        };
-        for &plan in plans {
-            report
-                .features
-                .push(run_features(&engine, &args.dir, &scale, plan).await?);
-        }
-        if let [native, functions] = &report.features[..] {
-            report.window_operator_speedup =
-                Some(functions.phase.elapsed_s / native.phase.elapsed_s.max(1e-9));
-        }
-    }
-    if backfill {
-        report.backfill = Some(run_backfill(&engine, &args.dir, &scale, args.task_days).await?);
-    }
-    if retrieve {
-        report.retrieve = Some(run_retrieve(&engine, &args.dir, &scale, account_rows).await?);
-    }
+    let engine = engine(config.clone()).await?;
+    let report = run(&engine, &config, &args.dir, &scale, account_rows, &phases).await?;
     if args.json {
         let json = serde_json::to_string(&report)
             .map_err(|e| CliError::Usage(format!("cannot print the report: {e}")))?;

@@ -29,7 +29,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::error::{EngineResultExt, JobsError, Result};
 use crate::manager::RunOptions;
 use crate::materialize::DataStatus;
-use crate::registry::{FeatureSetRef, Registry};
+use crate::registry::Registry;
 use crate::retrieve::{RetrieveOptions, parse_feature_list, retrieve};
 use crate::sample_data::{SampleDataOptions, generate, write_parquet};
 use crate::source::TimeRange;
@@ -203,10 +203,7 @@ pub async fn run_features(
     })
     .await?;
     Ok(FeaturesBenchReport {
-        plan: match plan {
-            WindowPlan::Native => "window_operator",
-            WindowPlan::WindowFunctions => "window_functions",
-        },
+        plan: plan_name(plan),
         source_rows: scale.transactions,
         output_rows,
         source_rows_per_s: scale.transactions as f64 / phase.elapsed_s.max(1e-9),
@@ -295,9 +292,59 @@ pub struct BenchReport {
     pub retrieve: Option<RetrieveBenchReport>,
 }
 
-/// The registered reference the benchmark store uses.
-pub fn bench_feature_set() -> FeatureSetRef {
-    FeatureSetRef::new("transactions", "1")
+/// The phases a benchmark run measures.
+#[derive(Debug, Clone)]
+pub struct BenchPhases {
+    /// The feature plans to compute, in order; with both, the report has the speed-up.
+    pub features: Vec<WindowPlan>,
+    /// Backfill with tasks of this many days.
+    pub backfill_task_days: Option<u32>,
+    pub retrieve: bool,
+}
+
+/// Measures `phases`, one after another, on the data [`prepare`] made for `scale` in `dir`.
+pub async fn run(
+    engine: &Engine,
+    config: &EngineConfig,
+    dir: &Path,
+    scale: &BenchScale,
+    account_rows: usize,
+    phases: &BenchPhases,
+) -> Result<BenchReport> {
+    let mut report = BenchReport {
+        scale: scale.clone(),
+        machine: Machine::new(config),
+        features: Vec::new(),
+        window_operator_speedup: None,
+        backfill: None,
+        retrieve: None,
+    };
+    for &plan in &phases.features {
+        report
+            .features
+            .push(run_features(engine, dir, scale, plan).await?);
+    }
+    if let [native, functions] = &report.features[..]
+        && native.plan == plan_name(WindowPlan::Native)
+        && functions.plan == plan_name(WindowPlan::WindowFunctions)
+    {
+        report.window_operator_speedup =
+            Some(functions.phase.elapsed_s / native.phase.elapsed_s.max(1e-9));
+    }
+    if let Some(days) = phases.backfill_task_days {
+        report.backfill = Some(run_backfill(engine, dir, scale, days).await?);
+    }
+    if phases.retrieve {
+        report.retrieve = Some(run_retrieve(engine, dir, scale, account_rows).await?);
+    }
+    Ok(report)
+}
+
+fn plan_name(plan: WindowPlan) -> &'static str {
+    match plan {
+        WindowPlan::Native => "window_operator",
+        WindowPlan::WindowFunctions => "window_functions",
+    }
 }
 
 /// Generates the data for `scale` under `dir` unless it is already there. Returns the number
